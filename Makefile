@@ -1,0 +1,39 @@
+# make reproduce [PROFILE=paper|quick|auto]   execute every notebook (papermill), regenerating figures/ and results/
+# make test                                   unit tests + every notebook under nbval, quick profile
+# make lab                                    JupyterLab on the notebooks
+PYTHON     ?= python3
+PROFILE    ?= auto
+# torch is installed only when the environment has none; 2.13.0 is the CPU wheel CI has on disk.
+TORCH_SPEC ?= torch==2.13.0
+VENV       := .venv
+BIN        := $(VENV)/bin
+STAMP      := $(VENV)/.installed
+NOTEBOOKS  := $(sort $(wildcard notebooks/[0-9]*.ipynb))
+NBTEST     := build/nbtest
+
+.PHONY: reproduce test lab clean $(NOTEBOOKS)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install -q -e ".[notebooks,test]"
+	touch $@
+
+reproduce: $(NOTEBOOKS)
+
+# Each notebook runs in place from notebooks/, so its outputs are the committed record of the run.
+$(NOTEBOOKS): $(STAMP)
+	$(BIN)/python -m papermill --cwd notebooks --kernel python3 -p profile $(PROFILE) $@ $@
+
+# The notebooks run from a copy, so their results and figures land in build/ and never touch the committed ones.
+test: $(STAMP)
+	rm -rf $(NBTEST) && mkdir -p $(NBTEST) && cp -r notebooks $(NBTEST)/
+	PROMPTMEM_PROFILE=quick MPLBACKEND=Agg $(BIN)/python -m pytest -p no:cacheprovider tests \
+		$(NBTEST)/notebooks --nbval-lax --nbval-current-env --durations=5
+
+lab: $(STAMP)
+	$(BIN)/python -m pip install -q -e ".[lab]"
+	$(BIN)/jupyter lab notebooks
+
+clean:
+	rm -rf build $(VENV)

@@ -1,0 +1,21 @@
+"""promptmem: reproducing two papers on prompt tuning and memorization.
+
+Modules, each one concern (imports flow downwards only):
+    data        IMDb / SST-2 cut to N tokens, random tokens; hub or PROMPTMEM_DATA_DIR
+    backbones   frozen Hugging Face encoders, random (explicit init scale) or pretrained
+    model       the soft-prompt model
+    training    the training step (precision by compute capability, AdamW, early stop)
+    sweeps      run configs, the crash-safe results store, minimal prompt length
+    profiles    paper / quick / auto, and each notebook's grids
+    theory      the papers' formulas and power-law fits
+    plotting    figure style and saving (PNG + PDF + CSV)
+"""
+
+from .backbones import Backbone, pretrained_backbone, random_backbone
+from .data import TokenData, load_tokenizer, make_dataset, random_tokens, sample_texts
+from .model import SoftPromptModel
+from .profiles import MEMORIZATION, resolve_profile
+from .sweeps import RunConfig, ResultsStore, best_setting, grid, min_prompt_length, run_config, run_sweep
+from .training import select_precision, train
+
+__version__ = "0.1.0"

@@ -1,0 +1,133 @@
+"""Frozen Hugging Face backbones: an encoder plus its sequence-classification head.
+
+A `Backbone` wraps a `*ForSequenceClassification` model from transformers and exposes the three steps a
+soft-prompt model needs: embed tokens, run the encoder on embeddings, classify one hidden state. The head is
+applied to a position the caller chooses (a data token), not to position 0, which is where PEFT's sequence
+classification reads and where a prepended prompt would sit.
+
+Position ids: given `inputs_embeds`, RoBERTa (transformers 4.x and 5.x) numbers positions
+`padding_idx + 1, padding_idx + 2, ...` for every row, with no padding detection. Prompt token i therefore gets
+position i + 2 and data token j gets position p + j + 2, so the data's positions shift with the prompt length,
+and p + N may be at most `max_position_embeddings - 2`. BERT numbers positions from 0.
+
+Dropout is switched off in the config: memorization is a property of a deterministic function, and a frozen
+backbone has no use for it.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from transformers import AutoConfig, AutoModelForSequenceClassification, RobertaConfig
+
+# The encoder of the paper-profile memorization experiments: RoBERTa architecture, 2 layers, width 512.
+ENCODER_2X512 = dict(num_layers=2, hidden_size=512, num_heads=8, ffn_size=2048)
+ROBERTA_VOCAB_SIZE = 50265
+ROBERTA_MAX_POSITIONS = 514
+_NO_DROPOUT = dict(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, classifier_dropout=0.0)
+
+
+class Backbone(nn.Module):
+    """A transformers sequence classifier split into embed / encode / classify; frozen unless asked."""
+
+    def __init__(self, hf_model: nn.Module, trainable: bool = False):
+        super().__init__()
+        self.hf_model = hf_model
+        self.config = hf_model.config
+        self.requires_grad_(trainable)
+        self.eval()
+
+    @property
+    def hidden_size(self) -> int:
+        return self.config.hidden_size
+
+    @property
+    def max_sequence_length(self) -> int:
+        """The longest prompt + data sequence the position embeddings cover."""
+        offset = self.config.pad_token_id + 1 if self.config.model_type in ("roberta", "xlm-roberta") else 0
+        return self.config.max_position_embeddings - offset
+
+    @property
+    def word_embeddings(self) -> nn.Embedding:
+        return self.hf_model.get_input_embeddings()
+
+    def train(self, mode: bool = True):
+        # Dropout is off, so train/eval only matters for modules we do not know about; keep them in eval.
+        return super().train(False)
+
+    def embed_tokens(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.word_embeddings(input_ids)
+
+    def encode(self, inputs_embeds: torch.Tensor) -> torch.Tensor:
+        """Embeddings (B, L, d) -> last hidden states (B, L, d); positions and LayerNorm are added inside."""
+        return self.hf_model.base_model(inputs_embeds=inputs_embeds).last_hidden_state
+
+    def classify(self, features: torch.Tensor) -> torch.Tensor:
+        """Hidden states at the readout position (B, d) -> logits (B, num_labels), through the frozen head."""
+        as_first_token = features[:, None, :]  # transformers' heads read token 0 of what they are given
+        pooler = getattr(self.hf_model.base_model, "pooler", None)
+        if pooler is not None:  # BERT-style: pooler (dense + tanh on token 0), then a linear classifier
+            return self.hf_model.classifier(pooler(as_first_token))
+        return self.hf_model.classifier(as_first_token)  # RoBERTa-style head: dense + tanh + out_proj
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Classify from the first token, with no prompt: the from-scratch baselines train this."""
+        return self.classify(self.encode(self.embed_tokens(input_ids))[:, 0])
+
+    def num_trainable_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters() if p.requires_grad)
+
+
+def _check_positive(name: str, value, kind=int):
+    if not isinstance(value, kind) or isinstance(value, bool) or value <= 0:
+        raise ValueError(f"{name} must be a positive {kind.__name__}, got {value!r}")
+
+
+def random_backbone(
+    *,
+    init_scale: float = 0.02,
+    seed: int = 0,
+    num_layers: int = ENCODER_2X512["num_layers"],
+    hidden_size: int = ENCODER_2X512["hidden_size"],
+    num_heads: int = ENCODER_2X512["num_heads"],
+    ffn_size: int = ENCODER_2X512["ffn_size"],
+    vocab_size: int = ROBERTA_VOCAB_SIZE,
+    max_positions: int = ROBERTA_MAX_POSITIONS,
+    num_labels: int = 2,
+    trainable: bool = False,
+) -> Backbone:
+    """A randomly initialized RoBERTa-architecture classifier.
+
+    Every Linear and Embedding weight (head included) is drawn from N(0, init_scale^2), transformers'
+    `initializer_range`; biases are zero and LayerNorms are the identity. `seed` fixes the draw.
+    """
+    if not isinstance(init_scale, (int, float)) or not 0 < init_scale <= 100:
+        raise ValueError(f"init_scale must be a number in (0, 100], got {init_scale!r}")
+    for name, value in [("num_layers", num_layers), ("hidden_size", hidden_size), ("num_heads", num_heads),
+                        ("ffn_size", ffn_size), ("vocab_size", vocab_size), ("num_labels", num_labels)]:
+        _check_positive(name, value)
+    if hidden_size % num_heads:
+        raise ValueError(f"hidden_size ({hidden_size}) must be divisible by num_heads ({num_heads})")
+    if max_positions < 3:
+        raise ValueError(f"max_positions must be at least 3, got {max_positions}")
+    config = RobertaConfig(
+        vocab_size=vocab_size, hidden_size=hidden_size, num_hidden_layers=num_layers,
+        num_attention_heads=num_heads, intermediate_size=ffn_size, max_position_embeddings=max_positions,
+        initializer_range=float(init_scale), num_labels=num_labels, **_NO_DROPOUT,
+    )
+    config._attn_implementation = "sdpa"
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = AutoModelForSequenceClassification.from_config(config)
+    return Backbone(model, trainable=trainable)
+
+
+def pretrained_backbone(name_or_path: str, *, num_labels: int = 2, seed: int = 0,
+                        trainable: bool = False) -> Backbone:
+    """Pretrained weights by hub name or local folder; a head the checkpoint lacks is drawn with `seed`."""
+    config = AutoConfig.from_pretrained(name_or_path, num_labels=num_labels, **_NO_DROPOUT)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = AutoModelForSequenceClassification.from_pretrained(
+            name_or_path, config=config, attn_implementation="sdpa")
+    return Backbone(model, trainable=trainable)

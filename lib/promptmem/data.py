@@ -1,0 +1,199 @@
+"""Datasets to memorize: IMDb and SST-2 texts cut to N tokens, and random token sequences.
+
+Sources: `datasets.load_dataset("stanfordnlp/imdb" | "stanfordnlp/sst2")` and the tokenizer
+`FacebookAI/roberta-base` from the Hugging Face hub. When the environment variable PROMPTMEM_DATA_DIR names a
+folder (the layout of the project's shared data: `imdb/train.parquet`, `sst2/train.parquet`,
+`roberta-base-tokenizer/`), everything loads from there and the hub is never contacted.
+
+Truncation: a text becomes its first N RoBERTa tokens, tokenized *without* special tokens (no <s>, no </s>): the
+prompt takes the place of any prefix, and the readout is the first data token. Texts shorter than N tokens are
+skipped, so every example has exactly N real tokens and no padding. Examples whose N tokens repeat an earlier
+example are skipped too: two identical inputs with different labels cannot both be memorized, so with
+`distinct=True` (the default) 100% memorization is always attainable.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+DATA_DIR_ENV = "PROMPTMEM_DATA_DIR"
+TOKENIZER_HUB_NAME = "FacebookAI/roberta-base"
+LOCAL_TOKENIZER_FOLDER = "roberta-base-tokenizer"
+# name -> (hub id, text column, splits)
+TEXT_DATASETS = {
+    "imdb": ("stanfordnlp/imdb", "text", ("train", "test")),
+    "sst2": ("stanfordnlp/sst2", "sentence", ("train", "validation")),
+}
+DATASET_NAMES = (*TEXT_DATASETS, "random_tokens")
+LABEL_KINDS = ("true", "random")
+FIRST_ORDINARY_TOKEN = 4  # RoBERTa ids 0-3 are <s>, <pad>, </s>, <unk>
+
+
+@dataclass
+class TokenData:
+    """n examples of exactly N token ids, with labels in [0, num_labels)."""
+
+    input_ids: torch.Tensor  # (n, N) int64
+    labels: torch.Tensor  # (n,) int64
+    num_labels: int = 2
+
+    @property
+    def n(self) -> int:
+        return self.input_ids.shape[0]
+
+    @property
+    def seq_len(self) -> int:
+        return self.input_ids.shape[1]
+
+
+def local_data_dir() -> Path | None:
+    """The folder PROMPTMEM_DATA_DIR names, checked; None when the variable is unset or empty."""
+    value = os.environ.get(DATA_DIR_ENV, "").strip()
+    if not value:
+        return None
+    folder = Path(value).expanduser()
+    if not folder.is_dir():
+        raise ValueError(f"{DATA_DIR_ENV}={value!r} is not a folder; set it to a folder holding imdb/, sst2/ "
+                         f"and {LOCAL_TOKENIZER_FOLDER}/, or unset it to load from the Hugging Face hub")
+    return folder
+
+
+def _hub_unreachable(what: str, error: Exception) -> RuntimeError:
+    return RuntimeError(f"could not load {what} from the Hugging Face hub ({type(error).__name__}: {error}). "
+                        f"Offline, set {DATA_DIR_ENV} to a folder with the layout imdb/train.parquet, "
+                        f"sst2/train.parquet, {LOCAL_TOKENIZER_FOLDER}/vocab.json + merges.txt")
+
+
+def _check_choice(name: str, value, allowed) -> None:
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {tuple(allowed)}, got {value!r}")
+
+
+@functools.lru_cache(maxsize=8)
+def load_split(dataset: str, split: str = "train") -> pd.DataFrame:
+    """One split as a frame with columns `text` and `label`, in the source's row order."""
+    _check_choice("dataset", dataset, TEXT_DATASETS)
+    hub_id, text_column, splits = TEXT_DATASETS[dataset]
+    _check_choice("split", split, splits)
+    folder = local_data_dir()
+    if folder is None:
+        import datasets  # imported here: a slow import only the hub path needs
+
+        try:
+            frame = datasets.load_dataset(hub_id, split=split).to_pandas()
+        except Exception as error:  # no network, hub down, rate limit: all mean "use the local copy"
+            raise _hub_unreachable(f"{hub_id} ({split})", error) from error
+    else:
+        path = folder / dataset / f"{split}.parquet"
+        if not path.is_file():
+            raise FileNotFoundError(f"{DATA_DIR_ENV} is set but {path} does not exist")
+        try:
+            frame = pd.read_parquet(path)
+        except Exception as error:
+            raise ValueError(f"{path} (from {DATA_DIR_ENV}) is not a readable parquet file: {error}") from error
+    missing = {text_column, "label"} - set(frame.columns)
+    if missing:
+        raise ValueError(f"{dataset}/{split} lacks the columns {sorted(missing)} of {hub_id}")
+    return frame.rename(columns={text_column: "text"})[["text", "label"]].reset_index(drop=True)
+
+
+@functools.lru_cache(maxsize=1)
+def load_tokenizer():
+    """The roberta-base byte-level BPE tokenizer (50,265 tokens)."""
+    from transformers import AutoTokenizer, RobertaTokenizerFast
+
+    folder = local_data_dir()
+    if folder is None:
+        try:
+            return AutoTokenizer.from_pretrained(TOKENIZER_HUB_NAME)
+        except Exception as error:
+            raise _hub_unreachable(f"the tokenizer {TOKENIZER_HUB_NAME}", error) from error
+    path = folder / LOCAL_TOKENIZER_FOLDER
+    if not (path / "vocab.json").is_file() or not (path / "merges.txt").is_file():
+        raise FileNotFoundError(f"{DATA_DIR_ENV} is set but {path} lacks vocab.json and merges.txt")
+    # from_pretrained on the folder, not vocab_file=...: transformers 5 ignores that keyword (5-token tokenizer)
+    return RobertaTokenizerFast.from_pretrained(str(path))
+
+
+def _check_size(name: str, value, minimum: int = 1) -> None:
+    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+
+
+def random_labels(n: int, seed: int, num_labels: int = 2) -> torch.Tensor:
+    """Labels drawn uniformly, from a stream of their own (changing the labels never changes the inputs)."""
+    return torch.from_numpy(np.random.default_rng([seed, 1]).integers(0, num_labels, size=n))
+
+
+def truncate_texts(texts, tokenizer, seq_len: int, n: int, distinct: bool = True, chunk: int = 512):
+    """The first `seq_len` tokens of texts, in order, until `n` qualify; returns (rows used, ids (k, seq_len))."""
+    _check_size("seq_len (N)", seq_len)
+    rows, ids_kept, seen = [], [], set()
+    for start in range(0, len(texts), chunk):
+        batch = [str(t) for t in texts[start:start + chunk]]
+        encoded = tokenizer(batch, add_special_tokens=False, truncation=True, max_length=seq_len)["input_ids"]
+        for offset, ids in enumerate(encoded):
+            key = tuple(ids)
+            if len(ids) < seq_len or (distinct and key in seen):
+                continue
+            seen.add(key)
+            rows.append(start + offset)
+            ids_kept.append(ids)
+            if len(rows) == n:
+                return rows, torch.tensor(ids_kept, dtype=torch.long)
+    return rows, torch.tensor(ids_kept, dtype=torch.long).reshape(-1, seq_len)
+
+
+def sample_texts(dataset: str, n: int, seq_len: int, *, seed: int = 0, labels: str = "true",
+                 split: str = "train", distinct: bool = True) -> TokenData:
+    """n examples of `dataset` drawn with `seed`, each cut to exactly `seq_len` tokens."""
+    _check_choice("labels", labels, LABEL_KINDS)
+    _check_size("n", n)
+    _check_size("seq_len (N)", seq_len)
+    frame = load_split(dataset, split)
+    if n > len(frame):
+        raise ValueError(f"n must be at most {len(frame)} (the size of {dataset}/{split}), got {n}")
+    order = np.random.default_rng(seed).permutation(len(frame))
+    texts = frame["text"].to_numpy()[order]
+    rows, input_ids = truncate_texts(texts, load_tokenizer(), seq_len, n, distinct)
+    if len(rows) < n:
+        raise ValueError(f"n must be at most {len(rows)} for {dataset}/{split} at N={seq_len}: only that many "
+                         f"texts have at least N tokens{' and distinct first N tokens' if distinct else ''}")
+    if labels == "true":
+        label_ids = torch.from_numpy(frame["label"].to_numpy()[order][rows].astype(np.int64))
+    else:
+        label_ids = random_labels(n, seed)
+    return TokenData(input_ids, label_ids)
+
+
+def random_tokens(n: int, seq_len: int, *, seed: int = 0, vocab_size: int = 50265, num_labels: int = 2) -> TokenData:
+    """Synthetic data: uniform random ordinary tokens and uniform random labels."""
+    _check_size("n", n)
+    _check_size("seq_len (N)", seq_len)
+    _check_size("vocab_size", vocab_size, FIRST_ORDINARY_TOKEN + 1)
+    rng = np.random.default_rng([seed, 0])
+    input_ids = torch.from_numpy(rng.integers(FIRST_ORDINARY_TOKEN, vocab_size, size=(n, seq_len)))
+    return TokenData(input_ids, random_labels(n, seed, num_labels), num_labels)
+
+
+def make_dataset(dataset: str, n: int, seq_len: int, *, seed: int = 0, labels: str = "true") -> TokenData:
+    """One entry point for the sweeps: a text dataset with its true or random labels, or random tokens."""
+    _check_choice("dataset", dataset, DATASET_NAMES)
+    if dataset == "random_tokens":
+        if labels != "random":
+            raise ValueError(f"labels must be 'random' for dataset 'random_tokens', got {labels!r}")
+        return random_tokens(n, seq_len, seed=seed)
+    return sample_texts(dataset, n, seq_len, seed=seed, labels=labels)
+
+
+def compact_vocabulary(input_ids: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """Renumber the tokens that occur to 0..V-1, for small from-scratch models; returns (ids, V)."""
+    used, remapped = torch.unique(input_ids, return_inverse=True)
+    return remapped, len(used)

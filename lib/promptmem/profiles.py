@@ -1,0 +1,77 @@
+"""Profiles: `paper` runs the papers' settings, `quick` the same experiment shrunk to minutes on 2 CPU cores.
+
+`auto` picks paper on a CUDA machine and quick elsewhere; the environment variable PROMPTMEM_PROFILE overrides
+what `auto` picks (the tests set it to quick, so a GPU machine running `make test` stays quick).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+import torch
+
+from .sweeps import RunConfig
+
+PROFILES = ("auto", "paper", "quick")
+PROFILE_ENV = "PROMPTMEM_PROFILE"
+
+
+def resolve_profile(profile: str = "auto") -> str:
+    """'paper' or 'quick'; says which it picked and why."""
+    if profile not in PROFILES:
+        raise ValueError(f"profile must be one of {PROFILES}, got {profile!r}")
+    if profile != "auto":
+        return profile
+    override = os.environ.get(PROFILE_ENV, "").strip()
+    if override:
+        if override not in PROFILES[1:]:
+            raise ValueError(f"{PROFILE_ENV} must be one of {PROFILES[1:]}, got {override!r}")
+        print(f"profile auto -> {override} (set by {PROFILE_ENV})")
+        return override
+    picked = "paper" if torch.cuda.is_available() else "quick"
+    print(f"profile auto -> {picked} ({'a CUDA GPU is' if picked == 'paper' else 'no CUDA GPU is'} available)")
+    return picked
+
+
+@dataclass(frozen=True)
+class MemorizationSettings:
+    """Notebook 01. `base` carries the backbone shape and the optimizer; the tuples are the grids."""
+
+    base: RunConfig
+    n_values: tuple[int, ...]
+    prompt_lengths: tuple[int, ...]
+    label_kinds: tuple[str, ...] = ("true", "random")
+    # panel (c): N at a fixed n
+    seq_lens: tuple[int, ...] = (4, 8, 16)
+    seq_len_n: int = 1600
+    # the init-scale scan: one config per scale, random labels (the hard case)
+    init_scales: tuple[float, ...] = (0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
+    scan_n: int = 1600
+    scan_prompt_len: int = 8
+    scan_epochs: int = 300
+    # panel (d): the same shape trained from scratch (at scratch_lr), and a compact-vocabulary model of about the
+    # longest prompt's size (at the prompt's lr; width 4, as LayerNorm over fewer dimensions is degenerate)
+    scratch_lr: float = 0.001
+    small_model: dict = field(default_factory=lambda: dict(hidden_size=4, num_heads=1, ffn_size=16))
+
+
+MEMORIZATION = {
+    "paper": MemorizationSettings(
+        base=RunConfig(n=1600, prompt_len=8, dataset="imdb", seq_len=8, epochs=1000, lr=0.005),
+        n_values=(1600, 2500, 3600),
+        # the issue's powers of two, plus the points between them: the minimal p is read off this grid
+        prompt_lengths=(1, 2, 3, 4, 6, 8, 12, 16, 24, 32),
+    ),
+    "quick": MemorizationSettings(
+        base=RunConfig(n=64, prompt_len=8, dataset="imdb", seq_len=8, epochs=100, lr=0.02,
+                       hidden_size=128, num_heads=4, ffn_size=512),
+        n_values=(32, 64, 128, 256),
+        prompt_lengths=(1, 2, 3, 4, 6, 8, 16),
+        seq_len_n=128,
+        init_scales=(0.02, 0.1, 0.3, 1.0),
+        scan_n=128,
+        scan_prompt_len=4,
+        scan_epochs=100,
+    ),
+}

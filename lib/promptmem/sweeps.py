@@ -1,0 +1,230 @@
+"""Sweeps: a grid of run configs, one function that runs a config, and a results store that survives crashes.
+
+Each finished config becomes one row of a CSV file (its config, its metrics, the device, the versions, the
+seconds). The file is rewritten whole into a temporary file and moved over the old one, so a crash leaves
+either the old or the new file, never half of one. Rerunning a sweep skips the configs already in the file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import itertools
+import json
+import os
+import platform
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import torch
+import transformers
+from tqdm.auto import tqdm
+
+from . import backbones, data
+from .model import PROMPT_INITS, SoftPromptModel
+from .training import PRECISIONS, default_device, train
+
+METHODS = ("prompt", "scratch")  # soft prompt on a frozen backbone | all weights of a fresh model trained
+# Read back as text: pandas would turn labels "true" into a bool and an all-digit config_id into an int.
+TEXT_COLUMNS = ("config_id", "dataset", "labels", "method", "prompt_init", "precision", "status",
+                "precision_used", "device", "torch_version", "transformers_version")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """One training run. `prompt_len` is p for method 'prompt' and 0 for 'scratch'."""
+
+    n: int
+    prompt_len: int
+    seq_len: int = 8
+    dataset: str = "imdb"
+    labels: str = "true"
+    method: str = "prompt"
+    num_layers: int = backbones.ENCODER_2X512["num_layers"]
+    hidden_size: int = backbones.ENCODER_2X512["hidden_size"]
+    num_heads: int = backbones.ENCODER_2X512["num_heads"]
+    ffn_size: int = backbones.ENCODER_2X512["ffn_size"]
+    init_scale: float = 0.02
+    backbone_seed: int = 0
+    compact_vocab: bool = False  # scratch only: embed just the tokens that occur (a small model stays small)
+    epochs: int = 1000
+    lr: float = 0.005
+    batch_size: int | None = None  # None: full batch
+    weight_decay: float = 0.01
+    prompt_init: str = "vocab"
+    seed: int = 0  # draws the data sample, the random labels and the initial prompt
+    early_stop: bool = True
+    precision: str = "auto"
+
+    @property
+    def config_id(self) -> str:
+        canonical = json.dumps(dataclasses.asdict(self), sort_keys=True)
+        return hashlib.sha1(canonical.encode()).hexdigest()[:12]
+
+    def validate(self) -> None:
+        """Raise a ValueError naming the first bad field and what it allows; loads no model."""
+        def choice(name, allowed):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {tuple(allowed)}, got {getattr(self, name)!r}")
+
+        choice("method", METHODS)
+        choice("dataset", data.DATASET_NAMES)
+        choice("labels", ("random",) if self.dataset == "random_tokens" else data.LABEL_KINDS)
+        choice("prompt_init", PROMPT_INITS)
+        choice("precision", PRECISIONS)
+        for name in ("n", "seq_len", "epochs", "num_layers", "hidden_size", "num_heads", "ffn_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        if self.method == "prompt" and (not isinstance(self.prompt_len, int) or self.prompt_len < 1):
+            raise ValueError(f"prompt_len must be an integer >= 1 for method 'prompt', got {self.prompt_len!r}")
+        if self.method == "scratch" and self.prompt_len != 0:
+            raise ValueError(f"prompt_len must be 0 for method 'scratch', got {self.prompt_len!r}")
+        positions = backbones.ROBERTA_MAX_POSITIONS - 2
+        if self.seq_len + self.prompt_len > positions:
+            raise ValueError(f"seq_len + prompt_len (N + p) must be at most {positions}, the backbone's positions; "
+                             f"got {self.seq_len} + {self.prompt_len}")
+        if not 0 < self.init_scale <= 100:
+            raise ValueError(f"init_scale must be in (0, 100], got {self.init_scale!r}")
+        if not 0 < self.lr < 10:
+            raise ValueError(f"lr must be in (0, 10), got {self.lr!r}")
+        if self.batch_size is not None and (not isinstance(self.batch_size, int) or self.batch_size < 1):
+            raise ValueError(f"batch_size must be None (full batch) or an integer >= 1, got {self.batch_size!r}")
+        if self.dataset in data.TEXT_DATASETS:
+            available = len(data.load_split(self.dataset, "train"))
+            if self.n > available:
+                raise ValueError(f"n must be at most {available} (the size of {self.dataset}/train), got {self.n}")
+
+
+def grid(base: RunConfig, **axes) -> list[RunConfig]:
+    """Every combination of the values given per field, on top of `base`: grid(base, n=[..], prompt_len=[..])."""
+    names = list(axes)
+    return [dataclasses.replace(base, **dict(zip(names, values))) for values in itertools.product(*axes.values())]
+
+
+@functools.lru_cache(maxsize=4)
+def _frozen_backbone(num_layers, hidden_size, num_heads, ffn_size, init_scale, seed) -> backbones.Backbone:
+    # Frozen backbones are shared by every run of a sweep: nothing trains them.
+    return backbones.random_backbone(init_scale=init_scale, seed=seed, num_layers=num_layers,
+                                     hidden_size=hidden_size, num_heads=num_heads, ffn_size=ffn_size)
+
+
+@functools.lru_cache(maxsize=16)
+def _dataset(dataset, n, seq_len, seed, labels) -> data.TokenData:
+    return data.make_dataset(dataset, n, seq_len, seed=seed, labels=labels)
+
+
+def build_model(config: RunConfig) -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor]:
+    """The model a config trains and the data it memorizes: (model, input_ids, labels)."""
+    token_data = _dataset(config.dataset, config.n, config.seq_len, config.seed, config.labels)
+    input_ids = token_data.input_ids
+    arch = dict(num_layers=config.num_layers, hidden_size=config.hidden_size, num_heads=config.num_heads,
+                ffn_size=config.ffn_size)
+    if config.method == "prompt":
+        backbone = _frozen_backbone(*arch.values(), config.init_scale, config.backbone_seed)
+        model = SoftPromptModel(backbone, config.prompt_len, init=config.prompt_init, seed=config.seed)
+    else:
+        vocab_size = backbones.ROBERTA_VOCAB_SIZE
+        if config.compact_vocab:
+            input_ids, vocab_size = data.compact_vocabulary(input_ids)
+        model = backbones.random_backbone(init_scale=config.init_scale, seed=config.backbone_seed,
+                                          vocab_size=vocab_size, trainable=True, **arch)
+    return model, input_ids, token_data.labels
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def run_config(config: RunConfig, device: torch.device | None = None, progress: bool = False) -> dict:
+    """Train one config and return its results row."""
+    config.validate()
+    device = device or default_device()
+    model, input_ids, labels = build_model(config)
+    result = train(model, input_ids, labels, epochs=config.epochs, lr=config.lr, batch_size=config.batch_size,
+                   weight_decay=config.weight_decay, early_stop=config.early_stop, precision=config.precision,
+                   device=device, seed=config.seed, progress=progress)
+    return {
+        "config_id": config.config_id, **dataclasses.asdict(config),
+        "final_accuracy": result.final_accuracy, "final_loss": result.final_loss, "epochs_run": result.epochs,
+        "status": result.status, "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
+        "precision_used": result.precision, "device": device_name(device), "torch_version": torch.__version__,
+        "transformers_version": transformers.__version__, "seconds": round(result.seconds, 3),
+    }
+
+
+class ResultsStore:
+    """A CSV of results rows, one per finished config, keyed by `config_id`."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+
+    def load(self) -> pd.DataFrame:
+        if not self.path.exists():
+            return pd.DataFrame()
+        frame = pd.read_csv(self.path, dtype={name: str for name in TEXT_COLUMNS})
+        if len(frame) and "config_id" not in frame.columns:
+            raise ValueError(f"{self.path} is not a promptmem results file (no config_id column)")
+        return frame
+
+    def finished_ids(self) -> set[str]:
+        frame = self.load()
+        return set(frame["config_id"]) if len(frame) else set()
+
+    def put(self, row: dict) -> None:
+        """Add a row, replacing any earlier row of the same config; atomic on POSIX and Windows."""
+        frame = self.load()
+        if len(frame):
+            frame = frame[frame["config_id"] != row["config_id"]]
+        frame = pd.concat([frame, pd.DataFrame([row])], ignore_index=True)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        with open(temporary, "w", newline="") as handle:
+            frame.to_csv(handle, index=False)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, self.path)
+
+
+def run_sweep(configs: list[RunConfig], results_path: str | os.PathLike, *, recompute: bool = False,
+              device: torch.device | None = None, progress: bool = True) -> pd.DataFrame:
+    """Run every config not yet in the results file (all of them with `recompute`); return their rows.
+
+    All configs are validated before the first one trains.
+    """
+    for config in configs:
+        config.validate()
+    store = ResultsStore(results_path)
+    done = set() if recompute else store.finished_ids()
+    todo = [config for config in dict.fromkeys(configs) if config.config_id not in done]
+    for config in tqdm(todo, desc=f"{Path(results_path).stem}: {len(todo)} to run", disable=not progress):
+        store.put(run_config(config, device))
+    wanted = [config.config_id for config in configs]
+    frame = store.load()
+    return frame.set_index("config_id").loc[list(dict.fromkeys(wanted))].reset_index()
+
+
+def best_setting(results: pd.DataFrame, column: str):
+    """The value of `column` with the highest final accuracy; ties go to the run that memorized in fewer
+    epochs, then to the smaller value."""
+    ranked = results.sort_values(["final_accuracy", "epochs_run", column], ascending=[False, True, True])
+    return ranked[column].iloc[0].item()
+
+
+def min_prompt_length(results: pd.DataFrame, by: list[str], target: float = 1.0) -> pd.DataFrame:
+    """Per setting (the columns `by`), the smallest prompt length whose accuracy reaches `target`.
+
+    Settings where no prompt length reaches it get NaN, and `max_prompt_len_tried` says how far the grid went.
+    """
+    runs = results[results["method"] == "prompt"]
+    rows = []
+    for key, group in runs.groupby(by, sort=True):
+        reached = group.loc[group["final_accuracy"] >= target - 1e-9, "prompt_len"]
+        rows.append({**dict(zip(by, key if isinstance(key, tuple) else (key,))),
+                     "min_prompt_len": reached.min() if len(reached) else float("nan"),
+                     "max_prompt_len_tried": group["prompt_len"].max()})
+    return pd.DataFrame(rows)

@@ -1,0 +1,144 @@
+"""The training step: AdamW on whatever requires grad (the prompt, for a soft-prompt model), full batch or
+minibatches, mixed precision chosen by the GPU's compute capability, optional early stop at 100% memorization.
+
+Memorization accuracy is the fraction of the n training pairs whose arg-max prediction equals its label.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+def select_precision(device: torch.device | str) -> str:
+    """fp32 on the CPU; bf16 from compute capability 8.0 (A100, H100); fp16 with a GradScaler on 7.x (V100,
+    T4), where `torch.cuda.is_bf16_supported()` says yes but bf16 only runs by slow emulation; fp32 below."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return "fp32"
+    major, _ = torch.cuda.get_device_capability(device)
+    if major >= 8:
+        return "bf16"
+    return "fp16" if major == 7 else "fp32"
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@dataclass
+class TrainResult:
+    final_accuracy: float  # on all n pairs, after training, in the training precision
+    final_loss: float
+    epochs: int  # epochs run (fewer than asked when stopped early)
+    status: str  # "completed", "memorized" (early stop at 100%) or "nonfinite" (loss overflowed)
+    precision: str
+    seconds: float
+    history: dict = field(default_factory=lambda: {"epoch": [], "loss": [], "accuracy": []})
+
+
+def _autocast(device: torch.device, precision: str):
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, input_ids: torch.Tensor, labels: torch.Tensor, *, precision: str = "fp32",
+             batch_size: int | None = None) -> tuple[float, float]:
+    """(accuracy, mean cross-entropy) over all pairs."""
+    device = labels.device
+    batch_size = batch_size or len(labels)
+    correct, loss_sum = 0, 0.0
+    with _autocast(device, precision):
+        for start in range(0, len(labels), batch_size):
+            logits = model(input_ids[start:start + batch_size]).float()
+            target = labels[start:start + batch_size]
+            loss_sum += nn.functional.cross_entropy(logits, target, reduction="sum").item()
+            correct += (logits.argmax(-1) == target).sum().item()
+    return correct / len(labels), loss_sum / len(labels)
+
+
+def train(model: nn.Module, input_ids: torch.Tensor, labels: torch.Tensor, *, epochs: int, lr: float,
+          batch_size: int | None = None, weight_decay: float = 0.01, early_stop: bool = True,
+          precision: str = "auto", device: torch.device | str | None = None, seed: int = 0,
+          progress: bool = True) -> TrainResult:
+    """Train the parameters of `model` that require grad; `batch_size=None` means full batch.
+
+    The accuracy logged per epoch is measured on the forward pass of the step itself: exact for the parameters
+    before the step with a full batch, a running estimate with minibatches. Early stop (full batch: when that
+    accuracy is 1; minibatches: when a clean evaluation confirms it) leaves the memorizing parameters in place.
+    """
+    if not isinstance(epochs, int) or epochs < 1:
+        raise ValueError(f"epochs must be an integer >= 1, got {epochs!r}")
+    if not (isinstance(lr, (int, float)) and 0 < lr < 10):
+        raise ValueError(f"lr must be a number in (0, 10), got {lr!r}")
+    if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
+        raise ValueError(f"batch_size must be None (full batch) or an integer >= 1, got {batch_size!r}")
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if len(input_ids) != len(labels) or len(labels) == 0:
+        raise ValueError(f"input_ids and labels must hold the same number (>= 1) of examples, "
+                         f"got {len(input_ids)} and {len(labels)}")
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("the model has no parameter that requires grad: nothing to train")
+
+    device = torch.device(device) if device is not None else default_device()
+    precision = select_precision(device) if precision == "auto" else precision
+    model.to(device)
+    input_ids, labels = input_ids.to(device), labels.to(device)
+    n = len(labels)
+    batch_size = min(batch_size or n, n)
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=device.type == "cuda")
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+    generator = torch.Generator(device="cpu").manual_seed(seed)
+    result = TrainResult(float("nan"), float("nan"), 0, "completed", precision, 0.0)
+    start_time = time.perf_counter()
+
+    bar = tqdm(range(epochs), desc="epochs", disable=not progress, leave=False)
+    for epoch in bar:
+        order = torch.randperm(n, generator=generator).to(device) if batch_size < n else None
+        loss_sum = torch.zeros((), device=device)
+        correct = torch.zeros((), device=device, dtype=torch.long)
+        for start in range(0, n, batch_size):
+            rows = order[start:start + batch_size] if order is not None else slice(None)
+            with _autocast(device, precision):
+                logits = model(input_ids[rows]).float()
+            target = labels[rows]
+            loss = nn.functional.cross_entropy(logits, target)
+            loss_sum += loss.detach() * len(target)
+            correct += (logits.detach().argmax(-1) == target).sum()
+            if early_stop and order is None and correct.item() == n:
+                break  # the parameters before this step already memorize every pair
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        mean_loss, accuracy = loss_sum.item() / n, correct.item() / n
+        result.history["epoch"].append(epoch)
+        result.history["loss"].append(mean_loss)
+        result.history["accuracy"].append(accuracy)
+        result.epochs = epoch + 1
+        bar.set_postfix(loss=f"{mean_loss:.4f}", acc=f"{accuracy:.3f}", refresh=False)
+        if not math.isfinite(mean_loss) and precision != "fp16":  # fp16's scaler skips such steps itself
+            result.status = "nonfinite"
+            break
+        if early_stop and accuracy == 1.0 and (order is None or evaluate(
+                model, input_ids, labels, precision=precision, batch_size=batch_size)[0] == 1.0):
+            result.status = "memorized"
+            break
+    bar.close()
+
+    result.final_accuracy, result.final_loss = evaluate(model, input_ids, labels, precision=precision,
+                                                        batch_size=batch_size)
+    result.seconds = time.perf_counter() - start_time
+    return result

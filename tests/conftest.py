@@ -1,0 +1,34 @@
+import os
+
+import pytest
+import torch
+
+from promptmem import data
+from promptmem.backbones import random_backbone
+
+# Tests that read the real IMDb / SST-2 files and tokenizer; CI points PROMPTMEM_DATA_DIR at the project's copy.
+requires_local_data = pytest.mark.skipif(not os.environ.get(data.DATA_DIR_ENV),
+                                         reason=f"needs {data.DATA_DIR_ENV} (the project's shared data folder)")
+
+TINY = dict(num_layers=2, hidden_size=32, num_heads=2, ffn_size=64, vocab_size=100, init_scale=0.3)
+
+
+@pytest.fixture
+def tiny_backbone():
+    return random_backbone(seed=0, **TINY)
+
+
+@pytest.fixture
+def tiny_data():
+    torch.manual_seed(0)
+    return data.random_tokens(32, 4, seed=0, vocab_size=TINY["vocab_size"])
+
+
+@pytest.fixture(autouse=True)
+def fresh_data_caches():
+    """Loaders cache per process; a test that changes PROMPTMEM_DATA_DIR must not see another folder's files."""
+    data.load_split.cache_clear()
+    data.load_tokenizer.cache_clear()
+    yield
+    data.load_split.cache_clear()
+    data.load_tokenizer.cache_clear()

@@ -1,0 +1,110 @@
+import dataclasses
+
+import pandas as pd
+import pytest
+
+from promptmem import sweeps
+from promptmem.sweeps import ResultsStore, RunConfig, best_setting, grid, min_prompt_length, run_sweep
+from tests.conftest import requires_local_data
+
+# A few-second sweep: random tokens through a small random encoder.
+TINY = RunConfig(n=16, prompt_len=2, seq_len=4, dataset="random_tokens", labels="random", hidden_size=32,
+                 num_heads=2, ffn_size=64, init_scale=0.3, epochs=30, lr=0.05)
+
+
+@pytest.fixture
+def counted_runs(monkeypatch):
+    ran = []
+
+    def run_and_count(config, device=None, progress=False):
+        ran.append(config)
+        return real_run(config, device, progress)
+
+    real_run = sweeps.run_config
+    monkeypatch.setattr(sweeps, "run_config", run_and_count)
+    return ran
+
+
+def test_rerun_skips_finished_configs_and_recompute_reruns(tmp_path, counted_runs):
+    path = tmp_path / "results.csv"
+    configs = grid(TINY, prompt_len=[1, 2])
+    first = run_sweep(configs, path, progress=False)
+    assert len(counted_runs) == 2 and len(first) == 2
+    again = run_sweep(configs + grid(TINY, prompt_len=[4]), path, progress=False)
+    assert len(counted_runs) == 3  # only the new config ran
+    assert again.prompt_len.tolist() == [1, 2, 4]
+    pd.testing.assert_frame_equal(again.iloc[:2], first)  # finished rows are kept as they were
+    run_sweep(configs, path, recompute=True, progress=False)
+    assert len(counted_runs) == 5
+    stored = ResultsStore(path).load()
+    assert len(stored) == 3 and stored.config_id.is_unique  # recomputed rows replace, never duplicate
+    assert not list(tmp_path.glob(".*.tmp"))  # no temporary file left behind
+
+
+def test_rows_read_back_with_their_types(tmp_path):
+    row = sweeps.run_config(dataclasses.replace(TINY, epochs=2))
+    row["config_id"] = "000000000123"  # an all-digit id must stay text
+    ResultsStore(tmp_path / "r.csv").put(row)
+    stored = ResultsStore(tmp_path / "r.csv").load().iloc[0]
+    assert stored.config_id == "000000000123" and stored.labels == "random"
+    assert stored.trainable_params == 2 * 32 and stored.torch_version
+    assert {"final_accuracy", "epochs_run", "status", "device", "seconds", "precision_used"} <= set(stored.index)
+
+
+def test_labels_true_is_not_read_as_a_bool(tmp_path):
+    store = ResultsStore(tmp_path / "r.csv")
+    store.put({"config_id": "a", "labels": "true", "method": "prompt"})
+    assert store.load().labels.tolist() == ["true"]
+
+
+def test_a_file_that_is_not_a_results_table_is_refused(tmp_path):
+    (tmp_path / "r.csv").write_text("x,y\n1,2\n")
+    with pytest.raises(ValueError, match="config_id"):
+        ResultsStore(tmp_path / "r.csv").load()
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(prompt_len=0), "prompt_len must be an integer >= 1"),
+    (dict(seq_len=500, prompt_len=20), r"N \+ p"),
+    (dict(dataset="wikitext"), "dataset must be one of"),
+    (dict(method="lora"), "method must be one of"),
+    (dict(init_scale=-1.0), "init_scale"),
+    (dict(precision="fp64"), "precision"),
+    (dict(n=0), "n must be"),
+])
+def test_bad_configs_are_refused_before_any_run(tmp_path, counted_runs, change, message):
+    with pytest.raises(ValueError, match=message):
+        run_sweep([TINY, dataclasses.replace(TINY, **change)], tmp_path / "r.csv", progress=False)
+    assert counted_runs == []  # the valid first config did not run either
+
+
+@requires_local_data
+def test_n_beyond_the_dataset_is_refused_before_any_run(tmp_path, counted_runs):
+    with pytest.raises(ValueError, match="n must be at most 67349"):
+        run_sweep([TINY, RunConfig(n=70000, prompt_len=1, dataset="sst2")], tmp_path / "r.csv", progress=False)
+    assert counted_runs == []
+
+
+def test_grid_is_the_product():
+    configs = grid(TINY, n=[1, 2, 3], prompt_len=[4, 8])
+    assert [(c.n, c.prompt_len) for c in configs] == [(n, p) for n in (1, 2, 3) for p in (4, 8)]
+    assert len({c.config_id for c in configs}) == 6
+
+
+def test_min_prompt_length_per_setting():
+    results = pd.DataFrame({
+        "method": ["prompt"] * 7 + ["scratch"],
+        "n": [10, 10, 10, 20, 20, 20, 30, 10],
+        "prompt_len": [1, 2, 4, 1, 2, 4, 4, 0],
+        "final_accuracy": [0.8, 1.0, 1.0, 0.7, 0.9, 1.0, 0.95, 1.0],
+    })
+    table = min_prompt_length(results, by=["n"])
+    assert table.n.tolist() == [10, 20, 30]
+    assert table.min_prompt_len.tolist()[:2] == [2, 4] and pd.isna(table.min_prompt_len.iloc[2])
+    assert table.max_prompt_len_tried.tolist() == [4, 4, 4]
+
+
+def test_best_setting_prefers_accuracy_then_speed():
+    scan = pd.DataFrame({"init_scale": [0.02, 0.3, 1.0, 3.0], "final_accuracy": [0.6, 1.0, 1.0, 0.9],
+                         "epochs_run": [100, 40, 20, 100]})
+    assert best_setting(scan, "init_scale") == 1.0

@@ -1,0 +1,70 @@
+from unittest import mock
+
+import pytest
+import torch
+
+from promptmem.model import SoftPromptModel
+from promptmem.training import evaluate, select_precision, train
+
+
+@pytest.mark.parametrize("capability, expected", [((9, 0), "bf16"), ((8, 0), "bf16"), ((8, 6), "bf16"),
+                                                  ((7, 5), "fp16"), ((7, 0), "fp16"), ((6, 1), "fp32")])
+def test_precision_follows_compute_capability(capability, expected):
+    # a T4 (7.5) claims bf16 support by emulation; the choice must not ask is_bf16_supported
+    with mock.patch("torch.cuda.get_device_capability", return_value=capability), \
+            mock.patch("torch.cuda.is_bf16_supported", return_value=True):
+        assert select_precision("cuda") == expected
+
+
+def test_cpu_trains_in_fp32():
+    assert select_precision("cpu") == "fp32"
+
+
+def test_a_tiny_run_memorizes(tiny_backbone, tiny_data):
+    model = SoftPromptModel(tiny_backbone, 4, seed=0)
+    result = train(model, tiny_data.input_ids, tiny_data.labels, epochs=300, lr=0.05, progress=False)
+    assert result.status == "memorized" and result.final_accuracy == 1.0
+    assert result.epochs < 300
+    assert evaluate(model, tiny_data.input_ids, tiny_data.labels)[0] == 1.0  # the stopped prompt memorizes
+    assert len(result.history["accuracy"]) == result.epochs and result.history["accuracy"][-1] == 1.0
+    assert result.history["loss"][-1] < result.history["loss"][0]
+
+
+def test_minibatches_memorize_too(tiny_backbone, tiny_data):
+    model = SoftPromptModel(tiny_backbone, 4, seed=0)
+    result = train(model, tiny_data.input_ids, tiny_data.labels, epochs=300, lr=0.02, batch_size=8, progress=False)
+    assert result.status == "memorized" and result.final_accuracy == 1.0
+
+
+def test_without_early_stop_all_epochs_run(tiny_backbone, tiny_data):
+    model = SoftPromptModel(tiny_backbone, 4, seed=0)
+    result = train(model, tiny_data.input_ids, tiny_data.labels, epochs=7, lr=0.05, early_stop=False, progress=False)
+    assert result.status == "completed" and result.epochs == 7 and len(result.history["loss"]) == 7
+
+
+def test_same_seed_same_prompt(tiny_backbone, tiny_data):
+    prompts = []
+    for _ in range(2):
+        model = SoftPromptModel(tiny_backbone, 3, seed=0)
+        train(model, tiny_data.input_ids, tiny_data.labels, epochs=5, lr=0.05, batch_size=8, early_stop=False,
+              progress=False)
+        prompts.append(model.prompt.detach().clone())
+    assert torch.equal(prompts[0], prompts[1])
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(epochs=0), "epochs"), (dict(lr=-1.0), "lr"), (dict(batch_size=0), "batch_size"),
+    (dict(precision="fp8"), "precision"),
+])
+def test_bad_arguments_are_refused_before_training(tiny_backbone, tiny_data, kwargs, message):
+    model = SoftPromptModel(tiny_backbone, 2)
+    before = model.prompt.detach().clone()
+    arguments = dict(epochs=3, lr=0.01, progress=False) | kwargs
+    with pytest.raises(ValueError, match=message):
+        train(model, tiny_data.input_ids, tiny_data.labels, **arguments)
+    assert torch.equal(before, model.prompt.detach())
+
+
+def test_a_model_without_trainable_parameters_is_refused(tiny_backbone, tiny_data):
+    with pytest.raises(ValueError, match="nothing to train"):
+        train(tiny_backbone, tiny_data.input_ids, tiny_data.labels, epochs=1, lr=0.01, progress=False)
