@@ -20,10 +20,10 @@ def test_tokenizer_is_roberta_base():
 @pytest.mark.parametrize("dataset, seq_len", [("imdb", 8), ("sst2", 8), ("imdb", 4), ("sst2", 16)])
 def test_texts_are_cut_to_exactly_n_tokens(dataset, seq_len):
     sample = data.sample_texts(dataset, 50, seq_len, seed=1)
-    assert sample.input_ids.shape == (50, seq_len) and sample.labels.shape == (50,)
-    assert len({tuple(row) for row in sample.input_ids.tolist()}) == 50  # distinct inputs
+    assert sample.inputs.shape == (50, seq_len) and sample.labels.shape == (50,)
+    assert len({tuple(row) for row in sample.inputs.tolist()}) == 50  # distinct inputs
     special = {0, 1, 2, 3}  # no <s>, <pad>, </s>, <unk>
-    assert not special & set(sample.input_ids.flatten().tolist())
+    assert not special & set(sample.inputs.flatten().tolist())
 
 
 @requires_local_data
@@ -31,7 +31,7 @@ def test_true_labels_belong_to_their_texts():
     frame = data.load_split("imdb", "train")
     sample = data.sample_texts("imdb", 5, 8, seed=2)
     tokenizer = data.load_tokenizer()
-    for ids, label in zip(sample.input_ids.tolist(), sample.labels.tolist()):
+    for ids, label in zip(sample.inputs.tolist(), sample.labels.tolist()):
         prefix = tokenizer.decode(ids)
         rows = frame[frame.text.str.startswith(prefix)]
         assert len(rows) >= 1 and label in set(rows.label)
@@ -41,9 +41,9 @@ def test_true_labels_belong_to_their_texts():
 def test_sampling_is_seeded_and_random_labels_keep_the_inputs():
     first, again = data.sample_texts("sst2", 20, 8, seed=3), data.sample_texts("sst2", 20, 8, seed=3)
     shuffled = data.sample_texts("sst2", 20, 8, seed=3, labels="random")
-    assert torch.equal(first.input_ids, again.input_ids) and torch.equal(first.labels, again.labels)
-    assert torch.equal(first.input_ids, shuffled.input_ids) and not torch.equal(first.labels, shuffled.labels)
-    assert not torch.equal(first.input_ids, data.sample_texts("sst2", 20, 8, seed=4).input_ids)
+    assert torch.equal(first.inputs, again.inputs) and torch.equal(first.labels, again.labels)
+    assert torch.equal(first.inputs, shuffled.inputs) and not torch.equal(first.labels, shuffled.labels)
+    assert not torch.equal(first.inputs, data.sample_texts("sst2", 20, 8, seed=4).inputs)
 
 
 @requires_local_data
@@ -112,8 +112,8 @@ def test_bad_data_arguments_are_refused(call, message):
 
 def test_random_tokens_are_seeded_and_ordinary():
     first, again = data.random_tokens(40, 6, seed=5), data.random_tokens(40, 6, seed=5)
-    assert torch.equal(first.input_ids, again.input_ids) and torch.equal(first.labels, again.labels)
-    assert first.input_ids.min() >= data.FIRST_ORDINARY_TOKEN and set(first.labels.tolist()) == {0, 1}
+    assert torch.equal(first.inputs, again.inputs) and torch.equal(first.labels, again.labels)
+    assert first.inputs.min() >= data.FIRST_ORDINARY_TOKEN and set(first.labels.tolist()) == {0, 1}
 
 
 class CharTokenizer:
@@ -144,3 +144,32 @@ def test_compact_vocabulary_keeps_the_pattern():
     remapped, vocab_size = data.compact_vocabulary(ids)
     assert vocab_size == 4 and remapped.max() == 3
     assert torch.equal(remapped, torch.tensor([[1, 3, 1], [2, 3, 0]]))
+
+
+@pytest.mark.parametrize("rank", [1, 2, 7, 24])
+def test_low_rank_data_has_exactly_rank_r(rank):
+    pairs = data.low_rank_sequences(40, 6, 24, rank, seed=0, scale=0.3)
+    tokens = pairs.inputs.reshape(-1, 24)
+    assert pairs.inputs.shape == (40, 6, 24) and pairs.inputs.dtype == torch.float32
+    assert torch.linalg.matrix_rank(tokens) == rank
+    assert abs(tokens.std().item() / 0.3 - 1) < 0.15  # the same entry scale at every rank
+
+
+def test_low_rank_labels_are_seeded_balanced_and_set_by_the_rule():
+    first, again = data.low_rank_sequences(200, 4, 16, 3, seed=1), data.low_rank_sequences(200, 4, 16, 3, seed=1)
+    assert torch.equal(first.inputs, again.inputs) and torch.equal(first.labels, again.labels)
+    assert 0.3 < first.labels.float().mean() < 0.7  # balanced
+    other = data.low_rank_sequences(200, 4, 16, 3, seed=2)
+    assert not torch.equal(first.labels, other.labels)
+    shuffled = data.low_rank_sequences(200, 4, 16, 3, seed=1, labels="random")
+    assert torch.equal(shuffled.inputs, first.inputs) and not torch.equal(shuffled.labels, first.labels)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(rank=0), "rank must be"), (dict(rank=17), "rank must be"), (dict(scale=0.0), "scale"),
+    (dict(labels="rule"), "labels must be one of"),
+])
+def test_bad_low_rank_arguments_are_refused(kwargs, message):
+    arguments = dict(n=10, seq_len=4, width=16, rank=2) | kwargs
+    with pytest.raises(ValueError, match=message):
+        data.low_rank_sequences(**arguments)

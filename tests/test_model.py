@@ -12,7 +12,7 @@ def snapshot(module):
 def test_training_changes_only_the_prompt(tiny_backbone, tiny_data):
     model = SoftPromptModel(tiny_backbone, 4, seed=0)
     backbone_before, prompt_before = snapshot(tiny_backbone), model.prompt.detach().clone()
-    train(model, tiny_data.input_ids, tiny_data.labels, epochs=5, lr=0.05, early_stop=False, progress=False)
+    train(model, tiny_data.inputs, tiny_data.labels, epochs=5, lr=0.05, early_stop=False, progress=False)
     backbone_after = snapshot(tiny_backbone)
     assert backbone_before.keys() == backbone_after.keys()
     for name in backbone_before:  # encoder, embeddings and the classification head, bit for bit
@@ -22,7 +22,7 @@ def test_training_changes_only_the_prompt(tiny_backbone, tiny_data):
 
 def test_gradients_reach_only_the_prompt(tiny_backbone, tiny_data):
     model = SoftPromptModel(tiny_backbone, 3, seed=0)
-    loss = torch.nn.functional.cross_entropy(model(tiny_data.input_ids), tiny_data.labels)
+    loss = torch.nn.functional.cross_entropy(model(tiny_data.inputs), tiny_data.labels)
     loss.backward()
     assert model.prompt.grad is not None and model.prompt.grad.abs().sum() > 0
     assert [name for name, p in model.named_parameters() if p.requires_grad] == ["prompt"]
@@ -31,16 +31,16 @@ def test_gradients_reach_only_the_prompt(tiny_backbone, tiny_data):
 
 def test_readout_is_the_first_data_token(tiny_backbone, tiny_data):
     model = SoftPromptModel(tiny_backbone, 5, seed=0)
-    hidden = tiny_backbone.encode(model.embed(tiny_data.input_ids))
+    hidden = tiny_backbone.encode(model.embed(tiny_data.inputs))
     expected = tiny_backbone.classify(hidden[:, 5])
     assert model.readout_index == 5
-    assert torch.allclose(model(tiny_data.input_ids), expected)
-    assert not torch.allclose(model(tiny_data.input_ids), tiny_backbone.classify(hidden[:, 0]))
+    assert torch.allclose(model(tiny_data.inputs), expected)
+    assert not torch.allclose(model(tiny_data.inputs), tiny_backbone.classify(hidden[:, 0]))
 
 
 def test_prompt_stays_fp32_under_mixed_precision(tiny_backbone, tiny_data):
     model = SoftPromptModel(tiny_backbone, 4, seed=0)
-    result = train(model, tiny_data.input_ids, tiny_data.labels, epochs=3, lr=0.01, precision="bf16",
+    result = train(model, tiny_data.inputs, tiny_data.labels, epochs=3, lr=0.01, precision="bf16",
                    early_stop=False, progress=False)
     assert result.precision == "bf16"
     assert model.prompt.dtype == torch.float32
@@ -76,3 +76,12 @@ def test_sequence_beyond_the_positions_is_refused(tiny_backbone):
 def test_bad_prompt_init_is_refused(tiny_backbone):
     with pytest.raises(ValueError, match="prompt init must be one of"):
         SoftPromptModel(tiny_backbone, 2, init="zeros")
+
+
+def test_embeddings_go_in_where_token_ids_do(tiny_backbone, tiny_data):
+    model = SoftPromptModel(tiny_backbone, 3, seed=0)
+    embedded = tiny_backbone.embed_tokens(tiny_data.inputs)
+    assert torch.equal(model(tiny_data.inputs), model(embedded))
+    loss = torch.nn.functional.cross_entropy(model(embedded.detach()), tiny_data.labels)
+    loss.backward()
+    assert model.prompt.grad.abs().sum() > 0

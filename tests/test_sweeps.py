@@ -1,4 +1,5 @@
 import dataclasses
+import json
 
 import pandas as pd
 import pytest
@@ -108,3 +109,33 @@ def test_best_setting_prefers_accuracy_then_speed():
     scan = pd.DataFrame({"init_scale": [0.02, 0.3, 1.0, 3.0], "final_accuracy": [0.6, 1.0, 1.0, 0.9],
                          "epochs_run": [100, 40, 20, 100]})
     assert best_setting(scan, "init_scale") == 1.0
+
+
+def test_low_rank_configs_record_prompt_spectra(tmp_path):
+    config = dataclasses.replace(TINY, dataset="low_rank", labels="true", rank=3, prompt_len=4, epochs=5)
+    row = run_sweep([config], tmp_path / "r.csv", progress=False).iloc[0]
+    assert row["rank"] == 3 and row.dataset == "low_rank"
+    trained, initial, update = (json.loads(row[column]) for column in (
+        "prompt_singular_values", "initial_prompt_singular_values", "prompt_update_singular_values"))
+    assert len(trained) == len(initial) == len(update) == 4 and trained != initial
+    assert all(a >= b for a, b in zip(update, update[1:]))
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(dataset="low_rank"), "rank must be set"), (dict(rank=4), "rank must be set"),
+    (dict(dataset="low_rank", rank=33), r"rank must be an integer in \[1, hidden_size=32\]"),
+    (dict(compact_vocab=True), "compact_vocab"),
+])
+def test_bad_rank_settings_are_refused(change, message):
+    with pytest.raises(ValueError, match=message):
+        dataclasses.replace(TINY, **change).validate()
+
+
+def test_ids_of_earlier_configs_survive_new_optional_fields():
+    # an id hashes the fields that are not None, so a field added later with default None changes no id
+    @dataclasses.dataclass(frozen=True)
+    class LaterVersion(RunConfig):
+        new_option: int | None = None
+
+    assert LaterVersion(n=10, prompt_len=2).config_id == RunConfig(n=10, prompt_len=2).config_id
+    assert LaterVersion(n=10, prompt_len=2, new_option=3).config_id != RunConfig(n=10, prompt_len=2).config_id

@@ -22,23 +22,23 @@ def test_cpu_trains_in_fp32():
 
 def test_a_tiny_run_memorizes(tiny_backbone, tiny_data):
     model = SoftPromptModel(tiny_backbone, 4, seed=0)
-    result = train(model, tiny_data.input_ids, tiny_data.labels, epochs=300, lr=0.05, progress=False)
+    result = train(model, tiny_data.inputs, tiny_data.labels, epochs=300, lr=0.05, progress=False)
     assert result.status == "memorized" and result.final_accuracy == 1.0
     assert result.epochs < 300
-    assert evaluate(model, tiny_data.input_ids, tiny_data.labels)[0] == 1.0  # the stopped prompt memorizes
+    assert evaluate(model, tiny_data.inputs, tiny_data.labels)[0] == 1.0  # the stopped prompt memorizes
     assert len(result.history["accuracy"]) == result.epochs and result.history["accuracy"][-1] == 1.0
     assert result.history["loss"][-1] < result.history["loss"][0]
 
 
 def test_minibatches_memorize_too(tiny_backbone, tiny_data):
     model = SoftPromptModel(tiny_backbone, 4, seed=0)
-    result = train(model, tiny_data.input_ids, tiny_data.labels, epochs=300, lr=0.02, batch_size=8, progress=False)
+    result = train(model, tiny_data.inputs, tiny_data.labels, epochs=300, lr=0.02, batch_size=8, progress=False)
     assert result.status == "memorized" and result.final_accuracy == 1.0
 
 
 def test_without_early_stop_all_epochs_run(tiny_backbone, tiny_data):
     model = SoftPromptModel(tiny_backbone, 4, seed=0)
-    result = train(model, tiny_data.input_ids, tiny_data.labels, epochs=7, lr=0.05, early_stop=False, progress=False)
+    result = train(model, tiny_data.inputs, tiny_data.labels, epochs=7, lr=0.05, early_stop=False, progress=False)
     assert result.status == "completed" and result.epochs == 7 and len(result.history["loss"]) == 7
 
 
@@ -46,7 +46,7 @@ def test_same_seed_same_prompt(tiny_backbone, tiny_data):
     prompts = []
     for _ in range(2):
         model = SoftPromptModel(tiny_backbone, 3, seed=0)
-        train(model, tiny_data.input_ids, tiny_data.labels, epochs=5, lr=0.05, batch_size=8, early_stop=False,
+        train(model, tiny_data.inputs, tiny_data.labels, epochs=5, lr=0.05, batch_size=8, early_stop=False,
               progress=False)
         prompts.append(model.prompt.detach().clone())
     assert torch.equal(prompts[0], prompts[1])
@@ -61,10 +61,10 @@ def test_bad_arguments_are_refused_before_training(tiny_backbone, tiny_data, kwa
     before = model.prompt.detach().clone()
     arguments = dict(epochs=3, lr=0.01, progress=False) | kwargs
     with pytest.raises(ValueError, match=message):
-        train(model, tiny_data.input_ids, tiny_data.labels, **arguments)
+        train(model, tiny_data.inputs, tiny_data.labels, **arguments)
     assert torch.equal(before, model.prompt.detach())
 
 
 def test_a_model_without_trainable_parameters_is_refused(tiny_backbone, tiny_data):
     with pytest.raises(ValueError, match="nothing to train"):
-        train(tiny_backbone, tiny_data.input_ids, tiny_data.labels, epochs=1, lr=0.01, progress=False)
+        train(tiny_backbone, tiny_data.inputs, tiny_data.labels, epochs=1, lr=0.01, progress=False)

@@ -6,16 +6,18 @@ Modules, each one concern (imports flow downwards only):
     model       the soft-prompt model
     training    the training step (precision by compute capability, AdamW, early stop)
     sweeps      run configs, the crash-safe results store, minimal prompt length
+    spectra     singular-value spectra and effective ranks of data and prompts
     profiles    paper / quick / auto, and each notebook's grids
     theory      the papers' formulas and power-law fits
     plotting    figure style and saving (PNG + PDF + CSV)
 """
 
 from .backbones import Backbone, pretrained_backbone, random_backbone
-from .data import TokenData, load_tokenizer, make_dataset, random_tokens, sample_texts
+from .data import PairData, load_tokenizer, low_rank_sequences, make_dataset, random_tokens, sample_texts
 from .model import SoftPromptModel
-from .profiles import MEMORIZATION, resolve_profile
-from .sweeps import RunConfig, ResultsStore, best_setting, grid, min_prompt_length, run_config, run_sweep
+from .profiles import LOW_RANK, MEMORIZATION, init_scale_scan, resolve_profile
+from .sweeps import (RunConfig, ResultsStore, backbone_for, best_setting, data_for, grid, min_prompt_length,
+                     run_config, run_sweep)
 from .training import select_precision, train
 
 __version__ = "0.1.0"

@@ -55,8 +55,9 @@ class Backbone(nn.Module):
         # Dropout is off, so train/eval only matters for modules we do not know about; keep them in eval.
         return super().train(False)
 
-    def embed_tokens(self, input_ids: torch.Tensor) -> torch.Tensor:
-        return self.word_embeddings(input_ids)
+    def embed_tokens(self, inputs: torch.Tensor) -> torch.Tensor:
+        """Token ids (B, N) -> word embeddings (B, N, d); float inputs are embeddings already and pass through."""
+        return inputs if inputs.is_floating_point() else self.word_embeddings(inputs)
 
     def encode(self, inputs_embeds: torch.Tensor) -> torch.Tensor:
         """Embeddings (B, L, d) -> last hidden states (B, L, d); positions and LayerNorm are added inside."""
@@ -70,9 +71,9 @@ class Backbone(nn.Module):
             return self.hf_model.classifier(pooler(as_first_token))
         return self.hf_model.classifier(as_first_token)  # RoBERTa-style head: dense + tanh + out_proj
 
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
         """Classify from the first token, with no prompt: the from-scratch baselines train this."""
-        return self.classify(self.encode(self.embed_tokens(input_ids))[:, 0])
+        return self.classify(self.encode(self.embed_tokens(inputs))[:, 0])
 
     def num_trainable_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad)

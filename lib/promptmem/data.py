@@ -1,4 +1,5 @@
-"""Datasets to memorize: IMDb and SST-2 texts cut to N tokens, and random token sequences.
+"""Datasets to memorize: IMDb and SST-2 texts cut to N tokens, random token sequences, and continuous
+sequences of controlled rank.
 
 Sources: `datasets.load_dataset("stanfordnlp/imdb" | "stanfordnlp/sst2")` and the tokenizer
 `FacebookAI/roberta-base` from the Hugging Face hub. When the environment variable PROMPTMEM_DATA_DIR names a
@@ -31,26 +32,26 @@ TEXT_DATASETS = {
     "imdb": ("stanfordnlp/imdb", "text", ("train", "test")),
     "sst2": ("stanfordnlp/sst2", "sentence", ("train", "validation")),
 }
-DATASET_NAMES = (*TEXT_DATASETS, "random_tokens")
+DATASET_NAMES = (*TEXT_DATASETS, "random_tokens", "low_rank")
 LABEL_KINDS = ("true", "random")
 FIRST_ORDINARY_TOKEN = 4  # RoBERTa ids 0-3 are <s>, <pad>, </s>, <unk>
 
 
 @dataclass
-class TokenData:
-    """n examples of exactly N token ids, with labels in [0, num_labels)."""
+class PairData:
+    """n input-output pairs: inputs of exactly N tokens, labels in [0, num_labels)."""
 
-    input_ids: torch.Tensor  # (n, N) int64
+    inputs: torch.Tensor  # token ids (n, N) int64, or token embeddings (n, N, d) float32
     labels: torch.Tensor  # (n,) int64
     num_labels: int = 2
 
     @property
     def n(self) -> int:
-        return self.input_ids.shape[0]
+        return self.inputs.shape[0]
 
     @property
     def seq_len(self) -> int:
-        return self.input_ids.shape[1]
+        return self.inputs.shape[1]
 
 
 def local_data_dir() -> Path | None:
@@ -152,7 +153,7 @@ def truncate_texts(texts, tokenizer, seq_len: int, n: int, distinct: bool = True
 
 
 def sample_texts(dataset: str, n: int, seq_len: int, *, seed: int = 0, labels: str = "true",
-                 split: str = "train", distinct: bool = True) -> TokenData:
+                 split: str = "train", distinct: bool = True) -> PairData:
     """n examples of `dataset` drawn with `seed`, each cut to exactly `seq_len` tokens."""
     _check_choice("labels", labels, LABEL_KINDS)
     _check_size("n", n)
@@ -170,22 +171,56 @@ def sample_texts(dataset: str, n: int, seq_len: int, *, seed: int = 0, labels: s
         label_ids = torch.from_numpy(frame["label"].to_numpy()[order][rows].astype(np.int64))
     else:
         label_ids = random_labels(n, seed)
-    return TokenData(input_ids, label_ids)
+    return PairData(input_ids, label_ids)
 
 
-def random_tokens(n: int, seq_len: int, *, seed: int = 0, vocab_size: int = 50265, num_labels: int = 2) -> TokenData:
+def random_tokens(n: int, seq_len: int, *, seed: int = 0, vocab_size: int = 50265, num_labels: int = 2) -> PairData:
     """Synthetic data: uniform random ordinary tokens and uniform random labels."""
     _check_size("n", n)
     _check_size("seq_len (N)", seq_len)
     _check_size("vocab_size", vocab_size, FIRST_ORDINARY_TOKEN + 1)
     rng = np.random.default_rng([seed, 0])
     input_ids = torch.from_numpy(rng.integers(FIRST_ORDINARY_TOKEN, vocab_size, size=(n, seq_len)))
-    return TokenData(input_ids, random_labels(n, seed, num_labels), num_labels)
+    return PairData(input_ids, random_labels(n, seed, num_labels), num_labels)
 
 
-def make_dataset(dataset: str, n: int, seq_len: int, *, seed: int = 0, labels: str = "true") -> TokenData:
-    """One entry point for the sweeps: a text dataset with its true or random labels, or random tokens."""
+def low_rank_sequences(n: int, seq_len: int, width: int, rank: int, *, seed: int = 0, scale: float = 1.0,
+                       labels: str = "true") -> PairData:
+    """Continuous sequences (n, N, width) whose n*N tokens span exactly an r-dimensional subspace.
+
+    Generator: a random orthonormal basis U (width x r) and latent coordinates z ~ N(0, s^2) of shape (n, N, r) give
+    the tokens x = z U^T. With s = scale * sqrt(width / r) every entry of x has standard deviation `scale` whatever
+    r is, so inputs of different rank reach the backbone at the same size (pass the word-embedding std).
+    Labels 'true' follow a fixed rule of the latent coordinates alone, y = 1[sum_t <w_t, z_t> > 0] with
+    w ~ N(0, 1) of shape (N, r), a balanced linear rule; 'random' labels are uniform and ignore the inputs.
+    """
+    _check_choice("labels", labels, LABEL_KINDS)
+    _check_size("n", n)
+    _check_size("seq_len (N)", seq_len)
+    _check_size("width", width)
+    if not isinstance(rank, (int, np.integer)) or not 1 <= rank <= width:
+        raise ValueError(f"rank must be an integer in [1, width={width}], got {rank!r}")
+    if not scale > 0:
+        raise ValueError(f"scale must be > 0, got {scale!r}")
+    generator = torch.Generator().manual_seed(seed)
+    basis, _ = torch.linalg.qr(torch.randn(width, rank, generator=generator, dtype=torch.float64))
+    latent = torch.randn(n, seq_len, rank, generator=generator, dtype=torch.float64) * scale * (width / rank) ** 0.5
+    inputs = (latent @ basis.T).float()
+    if labels == "random":
+        return PairData(inputs, random_labels(n, seed))
+    rule = torch.randn(seq_len, rank, generator=generator, dtype=torch.float64)
+    return PairData(inputs, ((latent * rule).sum((1, 2)) > 0).long())
+
+
+def make_dataset(dataset: str, n: int, seq_len: int, *, seed: int = 0, labels: str = "true",
+                 rank: int | None = None, width: int | None = None, scale: float = 1.0) -> PairData:
+    """One entry point for the sweeps: a text dataset with its true or random labels, random tokens, or
+    low-rank continuous sequences (`rank`, `width` and `scale` are for those alone)."""
     _check_choice("dataset", dataset, DATASET_NAMES)
+    if dataset == "low_rank":
+        if rank is None or width is None:
+            raise ValueError("dataset 'low_rank' needs rank and width")
+        return low_rank_sequences(n, seq_len, width, rank, seed=seed, scale=scale, labels=labels)
     if dataset == "random_tokens":
         if labels != "random":
             raise ValueError(f"labels must be 'random' for dataset 'random_tokens', got {labels!r}")

@@ -68,13 +68,13 @@ class SoftPromptModel(nn.Module):
             raise ValueError(f"the data sequence length N must be in [1, {limit}] with prompt_len={self.prompt_len} "
                              f"(N + p <= {self.backbone.max_sequence_length} positions), got {seq_len}")
 
-    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """[prompt; word embeddings of the data] (B, p + N, d)."""
-        data = self.backbone.embed_tokens(input_ids)
+    def embed(self, inputs: torch.Tensor) -> torch.Tensor:
+        """[prompt; embeddings of the data] (B, p + N, d); `inputs` are token ids or token embeddings."""
+        data = self.backbone.embed_tokens(inputs)
         prompt = self.prompt.to(data.dtype).expand(data.shape[0], -1, -1)
         return torch.cat([prompt, data], dim=1)
 
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        self.check_sequence_length(input_ids.shape[1])
-        hidden = self.backbone.encode(self.embed(input_ids))
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        self.check_sequence_length(inputs.shape[1])
+        hidden = self.backbone.encode(self.embed(inputs))
         return self.backbone.classify(hidden[:, self.readout_index])

@@ -6,6 +6,7 @@ what `auto` picks (the tests set it to quick, so a GPU machine running `make tes
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass, field
 
@@ -56,6 +57,13 @@ class MemorizationSettings:
     small_model: dict = field(default_factory=lambda: dict(hidden_size=4, num_heads=1, ffn_size=16))
 
 
+def init_scale_scan(settings: MemorizationSettings) -> list[RunConfig]:
+    """Notebook 01's scan of the backbone's init scale; later notebooks look its result up (or rerun it)."""
+    scan_base = dataclasses.replace(settings.base, n=settings.scan_n, prompt_len=settings.scan_prompt_len,
+                                    labels="random", epochs=settings.scan_epochs)
+    return [dataclasses.replace(scan_base, init_scale=scale) for scale in settings.init_scales]
+
+
 MEMORIZATION = {
     "paper": MemorizationSettings(
         base=RunConfig(n=1600, prompt_len=8, dataset="imdb", seq_len=8, epochs=1000, lr=0.005),
@@ -73,5 +81,37 @@ MEMORIZATION = {
         scan_n=128,
         scan_prompt_len=4,
         scan_epochs=100,
+    ),
+}
+
+
+@dataclass(frozen=True)
+class LowRankSettings:
+    """Notebook 03. `base` is notebook 01's backbone and optimizer; the init scale comes from notebook 01's scan."""
+
+    base: RunConfig
+    n: int  # the same n for the synthetic data, SST-2 and the random-token control
+    ranks: tuple[int, ...]  # the last is the full width: the full-rank control
+    random_label_ranks: tuple[int, ...]  # ranks also run with random labels (pure memorization)
+    prompt_lengths: tuple[int, ...]
+    spectrum_ranks: tuple[int, ...]  # synthetic ranks whose data spectra are drawn
+
+
+LOW_RANK = {
+    "paper": LowRankSettings(
+        base=MEMORIZATION["paper"].base,
+        n=1000,
+        ranks=(1, 2, 4, 8, 16, 32, 64, 128, 512),
+        random_label_ranks=(1, 2, 4, 8, 16, 32, 64, 128, 512),
+        prompt_lengths=(1, 2, 3, 4, 6, 8, 12, 16, 24, 32),
+        spectrum_ranks=(4, 32, 512),
+    ),
+    "quick": LowRankSettings(
+        base=MEMORIZATION["quick"].base,
+        n=128,
+        ranks=(1, 2, 4, 8, 16, 32, 128),
+        random_label_ranks=(1, 4, 32, 128),
+        prompt_lengths=(1, 2, 3, 4, 6, 8),
+        spectrum_ranks=(4, 32, 128),
     ),
 }

@@ -22,25 +22,32 @@ import torch
 import transformers
 from tqdm.auto import tqdm
 
-from . import backbones, data
+from . import backbones, data, spectra
 from .model import PROMPT_INITS, SoftPromptModel
 from .training import PRECISIONS, default_device, train
 
 METHODS = ("prompt", "scratch")  # soft prompt on a frozen backbone | all weights of a fresh model trained
+OPTIONAL_INT_COLUMNS = ("rank", "batch_size")  # integers that are empty in some rows
 # Read back as text: pandas would turn labels "true" into a bool and an all-digit config_id into an int.
 TEXT_COLUMNS = ("config_id", "dataset", "labels", "method", "prompt_init", "precision", "status",
-                "precision_used", "device", "torch_version", "transformers_version")
+                "precision_used", "device", "torch_version", "transformers_version",
+                "initial_prompt_singular_values", "prompt_singular_values", "prompt_update_singular_values")
 
 
 @dataclass(frozen=True)
 class RunConfig:
-    """One training run. `prompt_len` is p for method 'prompt' and 0 for 'scratch'."""
+    """One training run. `prompt_len` is p for method 'prompt' and 0 for 'scratch'.
+
+    Fields left at None are left out of `config_id`: a field added later with default None keeps the ids, and so
+    the finished rows, of every earlier config.
+    """
 
     n: int
     prompt_len: int
     seq_len: int = 8
     dataset: str = "imdb"
     labels: str = "true"
+    rank: int | None = None  # dataset 'low_rank' only: the dimension the input tokens span
     method: str = "prompt"
     num_layers: int = backbones.ENCODER_2X512["num_layers"]
     hidden_size: int = backbones.ENCODER_2X512["hidden_size"]
@@ -60,7 +67,8 @@ class RunConfig:
 
     @property
     def config_id(self) -> str:
-        canonical = json.dumps(dataclasses.asdict(self), sort_keys=True)
+        fields = {name: value for name, value in dataclasses.asdict(self).items() if value is not None}
+        canonical = json.dumps(fields, sort_keys=True)
         return hashlib.sha1(canonical.encode()).hexdigest()[:12]
 
     def validate(self) -> None:
@@ -92,6 +100,13 @@ class RunConfig:
             raise ValueError(f"lr must be in (0, 10), got {self.lr!r}")
         if self.batch_size is not None and (not isinstance(self.batch_size, int) or self.batch_size < 1):
             raise ValueError(f"batch_size must be None (full batch) or an integer >= 1, got {self.batch_size!r}")
+        if (self.dataset == "low_rank") != (self.rank is not None):
+            raise ValueError(f"rank must be set (an integer in [1, hidden_size]) for dataset 'low_rank' and only "
+                             f"for it, got rank={self.rank!r} with dataset {self.dataset!r}")
+        if self.rank is not None and (not isinstance(self.rank, int) or not 1 <= self.rank <= self.hidden_size):
+            raise ValueError(f"rank must be an integer in [1, hidden_size={self.hidden_size}], got {self.rank!r}")
+        if self.compact_vocab and (self.method != "scratch" or self.dataset == "low_rank"):
+            raise ValueError("compact_vocab is for method 'scratch' on token data only")
         if self.dataset in data.TEXT_DATASETS:
             available = len(data.load_split(self.dataset, "train"))
             if self.n > available:
@@ -106,32 +121,44 @@ def grid(base: RunConfig, **axes) -> list[RunConfig]:
 
 @functools.lru_cache(maxsize=4)
 def _frozen_backbone(num_layers, hidden_size, num_heads, ffn_size, init_scale, seed) -> backbones.Backbone:
-    # Frozen backbones are shared by every run of a sweep: nothing trains them.
     return backbones.random_backbone(init_scale=init_scale, seed=seed, num_layers=num_layers,
                                      hidden_size=hidden_size, num_heads=num_heads, ffn_size=ffn_size)
 
 
+def backbone_for(config: RunConfig) -> backbones.Backbone:
+    """The frozen random backbone a prompt config tunes; shared by every run of a sweep, as nothing trains it."""
+    return _frozen_backbone(config.num_layers, config.hidden_size, config.num_heads, config.ffn_size,
+                            config.init_scale, config.backbone_seed)
+
+
 @functools.lru_cache(maxsize=16)
-def _dataset(dataset, n, seq_len, seed, labels) -> data.TokenData:
-    return data.make_dataset(dataset, n, seq_len, seed=seed, labels=labels)
+def _dataset(dataset, n, seq_len, seed, labels, **synthetic) -> data.PairData:
+    return data.make_dataset(dataset, n, seq_len, seed=seed, labels=labels, **synthetic)
+
+
+def data_for(config: RunConfig) -> data.PairData:
+    """The pairs a config memorizes. Low-rank tokens get the std of the random word embeddings (init_scale), as
+    real tokens have."""
+    synthetic = dict(rank=config.rank, width=config.hidden_size, scale=config.init_scale) \
+        if config.dataset == "low_rank" else {}
+    return _dataset(config.dataset, config.n, config.seq_len, config.seed, config.labels, **synthetic)
 
 
 def build_model(config: RunConfig) -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor]:
-    """The model a config trains and the data it memorizes: (model, input_ids, labels)."""
-    token_data = _dataset(config.dataset, config.n, config.seq_len, config.seed, config.labels)
-    input_ids = token_data.input_ids
-    arch = dict(num_layers=config.num_layers, hidden_size=config.hidden_size, num_heads=config.num_heads,
-                ffn_size=config.ffn_size)
+    """The model a config trains and the data it memorizes: (model, inputs, labels)."""
+    pairs = data_for(config)
+    inputs = pairs.inputs
     if config.method == "prompt":
-        backbone = _frozen_backbone(*arch.values(), config.init_scale, config.backbone_seed)
-        model = SoftPromptModel(backbone, config.prompt_len, init=config.prompt_init, seed=config.seed)
+        model = SoftPromptModel(backbone_for(config), config.prompt_len, init=config.prompt_init, seed=config.seed)
     else:
         vocab_size = backbones.ROBERTA_VOCAB_SIZE
         if config.compact_vocab:
-            input_ids, vocab_size = data.compact_vocabulary(input_ids)
+            inputs, vocab_size = data.compact_vocabulary(inputs)
         model = backbones.random_backbone(init_scale=config.init_scale, seed=config.backbone_seed,
-                                          vocab_size=vocab_size, trainable=True, **arch)
-    return model, input_ids, token_data.labels
+                                          vocab_size=vocab_size, trainable=True, num_layers=config.num_layers,
+                                          hidden_size=config.hidden_size, num_heads=config.num_heads,
+                                          ffn_size=config.ffn_size)
+    return model, inputs, pairs.labels
 
 
 def device_name(device: torch.device) -> str:
@@ -144,8 +171,9 @@ def run_config(config: RunConfig, device: torch.device | None = None, progress: 
     """Train one config and return its results row."""
     config.validate()
     device = device or default_device()
-    model, input_ids, labels = build_model(config)
-    result = train(model, input_ids, labels, epochs=config.epochs, lr=config.lr, batch_size=config.batch_size,
+    model, inputs, labels = build_model(config)
+    initial_prompt = model.prompt.detach().clone() if config.method == "prompt" else None
+    result = train(model, inputs, labels, epochs=config.epochs, lr=config.lr, batch_size=config.batch_size,
                    weight_decay=config.weight_decay, early_stop=config.early_stop, precision=config.precision,
                    device=device, seed=config.seed, progress=progress)
     return {
@@ -154,7 +182,21 @@ def run_config(config: RunConfig, device: torch.device | None = None, progress: 
         "status": result.status, "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
         "precision_used": result.precision, "device": device_name(device), "torch_version": torch.__version__,
         "transformers_version": transformers.__version__, "seconds": round(result.seconds, 3),
+        # singular values of the prompt before and after training and of the change, as JSON lists ('[]' for scratch)
+        **_prompt_spectra(initial_prompt, model.prompt.detach() if initial_prompt is not None else None),
     }
+
+
+def _prompt_spectra(initial: torch.Tensor | None, trained: torch.Tensor | None) -> dict:
+    pairs = {"initial_prompt_singular_values": initial, "prompt_singular_values": trained,
+             "prompt_update_singular_values": None if trained is None else trained.cpu() - initial.cpu()}
+    return {name: _singular_values_json(matrix) for name, matrix in pairs.items()}
+
+
+def _singular_values_json(matrix: torch.Tensor | None) -> str:
+    if matrix is None:
+        return "[]"
+    return json.dumps([float(f"{value:.6g}") for value in spectra.singular_values(matrix)])
 
 
 class ResultsStore:
@@ -166,7 +208,8 @@ class ResultsStore:
     def load(self) -> pd.DataFrame:
         if not self.path.exists():
             return pd.DataFrame()
-        frame = pd.read_csv(self.path, dtype={name: str for name in TEXT_COLUMNS})
+        frame = pd.read_csv(self.path, dtype={**{name: str for name in TEXT_COLUMNS},
+                                              **{name: "Int64" for name in OPTIONAL_INT_COLUMNS}})
         if len(frame) and "config_id" not in frame.columns:
             raise ValueError(f"{self.path} is not a promptmem results file (no config_id column)")
         return frame

@@ -52,7 +52,7 @@ def _autocast(device: torch.device, precision: str):
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, input_ids: torch.Tensor, labels: torch.Tensor, *, precision: str = "fp32",
+def evaluate(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, *, precision: str = "fp32",
              batch_size: int | None = None) -> tuple[float, float]:
     """(accuracy, mean cross-entropy) over all pairs."""
     device = labels.device
@@ -60,14 +60,14 @@ def evaluate(model: nn.Module, input_ids: torch.Tensor, labels: torch.Tensor, *,
     correct, loss_sum = 0, 0.0
     with _autocast(device, precision):
         for start in range(0, len(labels), batch_size):
-            logits = model(input_ids[start:start + batch_size]).float()
+            logits = model(inputs[start:start + batch_size]).float()
             target = labels[start:start + batch_size]
             loss_sum += nn.functional.cross_entropy(logits, target, reduction="sum").item()
             correct += (logits.argmax(-1) == target).sum().item()
     return correct / len(labels), loss_sum / len(labels)
 
 
-def train(model: nn.Module, input_ids: torch.Tensor, labels: torch.Tensor, *, epochs: int, lr: float,
+def train(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, *, epochs: int, lr: float,
           batch_size: int | None = None, weight_decay: float = 0.01, early_stop: bool = True,
           precision: str = "auto", device: torch.device | str | None = None, seed: int = 0,
           progress: bool = True) -> TrainResult:
@@ -85,9 +85,9 @@ def train(model: nn.Module, input_ids: torch.Tensor, labels: torch.Tensor, *, ep
         raise ValueError(f"batch_size must be None (full batch) or an integer >= 1, got {batch_size!r}")
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-    if len(input_ids) != len(labels) or len(labels) == 0:
-        raise ValueError(f"input_ids and labels must hold the same number (>= 1) of examples, "
-                         f"got {len(input_ids)} and {len(labels)}")
+    if len(inputs) != len(labels) or len(labels) == 0:
+        raise ValueError(f"inputs and labels must hold the same number (>= 1) of examples, "
+                         f"got {len(inputs)} and {len(labels)}")
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError("the model has no parameter that requires grad: nothing to train")
@@ -95,7 +95,7 @@ def train(model: nn.Module, input_ids: torch.Tensor, labels: torch.Tensor, *, ep
     device = torch.device(device) if device is not None else default_device()
     precision = select_precision(device) if precision == "auto" else precision
     model.to(device)
-    input_ids, labels = input_ids.to(device), labels.to(device)
+    inputs, labels = inputs.to(device), labels.to(device)
     n = len(labels)
     batch_size = min(batch_size or n, n)
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=device.type == "cuda")
@@ -112,7 +112,7 @@ def train(model: nn.Module, input_ids: torch.Tensor, labels: torch.Tensor, *, ep
         for start in range(0, n, batch_size):
             rows = order[start:start + batch_size] if order is not None else slice(None)
             with _autocast(device, precision):
-                logits = model(input_ids[rows]).float()
+                logits = model(inputs[rows]).float()
             target = labels[rows]
             loss = nn.functional.cross_entropy(logits, target)
             loss_sum += loss.detach() * len(target)
@@ -133,12 +133,12 @@ def train(model: nn.Module, input_ids: torch.Tensor, labels: torch.Tensor, *, ep
             result.status = "nonfinite"
             break
         if early_stop and accuracy == 1.0 and (order is None or evaluate(
-                model, input_ids, labels, precision=precision, batch_size=batch_size)[0] == 1.0):
+                model, inputs, labels, precision=precision, batch_size=batch_size)[0] == 1.0):
             result.status = "memorized"
             break
     bar.close()
 
-    result.final_accuracy, result.final_loss = evaluate(model, input_ids, labels, precision=precision,
+    result.final_accuracy, result.final_loss = evaluate(model, inputs, labels, precision=precision,
                                                         batch_size=batch_size)
     result.seconds = time.perf_counter() - start_time
     return result
