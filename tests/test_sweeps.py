@@ -139,3 +139,22 @@ def test_ids_of_earlier_configs_survive_new_optional_fields():
 
     assert LaterVersion(n=10, prompt_len=2).config_id == RunConfig(n=10, prompt_len=2).config_id
     assert LaterVersion(n=10, prompt_len=2, new_option=3).config_id != RunConfig(n=10, prompt_len=2).config_id
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(architecture="gpt2"), "generation_steps must be set"),
+    (dict(generation_steps=2), "generation_steps must be set"),
+    (dict(architecture="gpt2", generation_steps=-1), "generation_steps must be an integer >= 0"),
+    (dict(architecture="gpt2", generation_steps=2, method="scratch", prompt_len=0), "0 for method 'scratch'"),
+    (dict(architecture="gpt2", generation_steps=1020), r"N \+ p \+ K"),
+    (dict(architecture="bert"), "architecture must be one of"),
+])
+def test_bad_generation_settings_are_refused(change, message):
+    with pytest.raises(ValueError, match=message):
+        dataclasses.replace(TINY, **change).validate()
+
+
+def test_causal_config_trains(tmp_path):
+    config = dataclasses.replace(TINY, architecture="gpt2", generation_steps=2, epochs=3)
+    row = run_sweep([config], tmp_path / "r.csv", progress=False).iloc[0]
+    assert row.architecture == "gpt2" and row.generation_steps == 2 and row.epochs_run == 3

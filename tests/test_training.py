@@ -68,3 +68,32 @@ def test_bad_arguments_are_refused_before_training(tiny_backbone, tiny_data, kwa
 def test_a_model_without_trainable_parameters_is_refused(tiny_backbone, tiny_data):
     with pytest.raises(ValueError, match="nothing to train"):
         train(tiny_backbone, tiny_data.inputs, tiny_data.labels, epochs=1, lr=0.01, progress=False)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_a_nonfinite_loss_stops_the_run_without_an_accuracy(tiny_backbone, tiny_data, precision):
+    model = SoftPromptModel(tiny_backbone, 2, seed=0)
+    with torch.no_grad():
+        model.prompt.fill_(float("inf"))
+    result = train(model, tiny_data.inputs, tiny_data.labels, epochs=50, lr=0.01, precision=precision, progress=False)
+    assert result.status == "nonfinite" and result.epochs == 1
+    assert result.final_accuracy != result.final_accuracy  # NaN, never the accuracy of arg-max over NaN
+
+
+def test_fp16_keeps_an_fp32_prompt_and_skips_overflowing_steps(tiny_backbone, tiny_data):
+    model = SoftPromptModel(tiny_backbone, 2, seed=0)
+    before = model.prompt.detach().clone()
+    # a loss scale of 2^120: every scaled fp16 gradient overflows, so the scaler must skip every step
+    scaler_type = torch.amp.GradScaler
+    original_init = scaler_type.__init__
+
+    def huge_scale(self, *args, **kwargs):
+        original_init(self, *args, **(kwargs | {"init_scale": 2.0 ** 120, "backoff_factor": 0.999}))
+
+    with mock.patch.object(scaler_type, "__init__", huge_scale):
+        result = train(model, tiny_data.inputs, tiny_data.labels, epochs=3, lr=0.05, precision="fp16",
+                       early_stop=False, progress=False)
+    assert result.precision == "fp16" and result.status == "completed"
+    assert model.prompt.dtype == torch.float32
+    assert torch.equal(model.prompt.detach(), before)  # overflowing steps were skipped, the prompt is intact
+    assert result.final_accuracy == result.final_accuracy  # a real accuracy

@@ -2,7 +2,7 @@
 
 Modules, each one concern (imports flow downwards only):
     data        IMDb / SST-2 cut to N tokens, random tokens; hub or PROMPTMEM_DATA_DIR
-    backbones   frozen Hugging Face encoders, random (explicit init scale) or pretrained
+    backbones   frozen Hugging Face encoders and causal decoders, random (explicit init scale) or pretrained
     model       the soft-prompt model
     training    the training step (precision by compute capability, AdamW, early stop)
     sweeps      run configs, the crash-safe results store, minimal prompt length
@@ -15,7 +15,7 @@ Modules, each one concern (imports flow downwards only):
 from .backbones import Backbone, pretrained_backbone, random_backbone
 from .data import PairData, load_tokenizer, low_rank_sequences, make_dataset, random_tokens, sample_texts
 from .model import SoftPromptModel
-from .profiles import LOW_RANK, MEMORIZATION, init_scale_scan, resolve_profile
+from .profiles import GENERATION, LOW_RANK, MEMORIZATION, init_scale_scan, resolve_profile
 from .sweeps import (RunConfig, ResultsStore, backbone_for, best_setting, data_for, grid, min_prompt_length,
                      run_config, run_sweep)
 from .training import select_precision, train

@@ -1,14 +1,18 @@
-"""Frozen Hugging Face backbones: an encoder plus its sequence-classification head.
+"""Frozen Hugging Face backbones: a Transformer plus its sequence-classification head.
 
-A `Backbone` wraps a `*ForSequenceClassification` model from transformers and exposes the three steps a
-soft-prompt model needs: embed tokens, run the encoder on embeddings, classify one hidden state. The head is
-applied to a position the caller chooses (a data token), not to position 0, which is where PEFT's sequence
-classification reads and where a prepended prompt would sit.
+A `Backbone` wraps a `*ForSequenceClassification` model from transformers and exposes the steps a soft-prompt
+model needs: embed tokens, run the Transformer on embeddings (or, for a causal model, generate continuous tokens),
+classify one hidden state. The head is applied to a position the caller chooses (a data token), not to position
+0, which is where PEFT's sequence classification reads and where a prepended prompt would sit.
 
 Position ids: given `inputs_embeds`, RoBERTa (transformers 4.x and 5.x) numbers positions
 `padding_idx + 1, padding_idx + 2, ...` for every row, with no padding detection. Prompt token i therefore gets
 position i + 2 and data token j gets position p + j + 2, so the data's positions shift with the prompt length,
-and p + N may be at most `max_position_embeddings - 2`. BERT numbers positions from 0.
+and p + N may be at most `max_position_embeddings - 2`. BERT and GPT-2 number positions from 0; with a key/value
+cache, GPT-2 continues from the cached length.
+
+Continuous generation (causal models only, after Nakada et al. 2025): the final hidden state of the last position
+is appended as the next input embedding, K times, each step one incremental pass over the key/value cache.
 
 Dropout is switched off in the config: memorization is a property of a deterministic function, and a frozen
 backbone has no use for it.
@@ -16,14 +20,21 @@ backbone has no use for it.
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 from torch import nn
-from transformers import AutoConfig, AutoModelForSequenceClassification, RobertaConfig
+from transformers import AutoConfig, AutoModelForSequenceClassification, GPT2Config, GPT2Model, RobertaConfig
 
 # The encoder of the paper-profile memorization experiments: RoBERTa architecture, 2 layers, width 512.
 ENCODER_2X512 = dict(num_layers=2, hidden_size=512, num_heads=8, ffn_size=2048)
 ROBERTA_VOCAB_SIZE = 50265
 ROBERTA_MAX_POSITIONS = 514
+GPT2_MAX_POSITIONS = 1024
+ARCHITECTURES = ("roberta", "gpt2")  # the bidirectional encoder, the causal decoder
+MAX_SEQUENCE_LENGTH = {"roberta": ROBERTA_MAX_POSITIONS - 2, "gpt2": GPT2_MAX_POSITIONS}
+# transformers 5 renamed the cache argument and output field from past_key_values to cache
+_CACHE_NAME = "cache" if "cache" in inspect.signature(GPT2Model.forward).parameters else "past_key_values"
 _NO_DROPOUT = dict(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, classifier_dropout=0.0)
 
 
@@ -48,6 +59,10 @@ class Backbone(nn.Module):
         return self.config.max_position_embeddings - offset
 
     @property
+    def is_causal(self) -> bool:
+        return self.config.model_type == "gpt2"
+
+    @property
     def word_embeddings(self) -> nn.Embedding:
         return self.hf_model.get_input_embeddings()
 
@@ -63,17 +78,31 @@ class Backbone(nn.Module):
         """Embeddings (B, L, d) -> last hidden states (B, L, d); positions and LayerNorm are added inside."""
         return self.hf_model.base_model(inputs_embeds=inputs_embeds).last_hidden_state
 
+    def generate(self, inputs_embeds: torch.Tensor, steps: int) -> torch.Tensor:
+        """Causal models: run over the embeddings, then generate `steps` continuous tokens, each the last final
+        hidden state fed back as the next input; returns the last final hidden state (B, d)."""
+        kwargs = {"use_cache": steps > 0}
+        output = self.hf_model.base_model(inputs_embeds=inputs_embeds, **kwargs)
+        for _ in range(steps):
+            kwargs[_CACHE_NAME] = getattr(output, _CACHE_NAME)
+            output = self.hf_model.base_model(inputs_embeds=output.last_hidden_state[:, -1:], **kwargs)
+        return output.last_hidden_state[:, -1]
+
     def classify(self, features: torch.Tensor) -> torch.Tensor:
         """Hidden states at the readout position (B, d) -> logits (B, num_labels), through the frozen head."""
-        as_first_token = features[:, None, :]  # transformers' heads read token 0 of what they are given
+        if hasattr(self.hf_model, "score"):  # GPT-2-style: a linear score on any position
+            return self.hf_model.score(features)
+        as_first_token = features[:, None, :]  # encoder heads read token 0 of what they are given
         pooler = getattr(self.hf_model.base_model, "pooler", None)
         if pooler is not None:  # BERT-style: pooler (dense + tanh on token 0), then a linear classifier
             return self.hf_model.classifier(pooler(as_first_token))
         return self.hf_model.classifier(as_first_token)  # RoBERTa-style head: dense + tanh + out_proj
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
-        """Classify from the first token, with no prompt: the from-scratch baselines train this."""
-        return self.classify(self.encode(self.embed_tokens(inputs))[:, 0])
+        """Classify with no prompt, from the first token (encoders) or the last (causal models): the from-scratch
+        baselines train this."""
+        embeds = self.embed_tokens(inputs)
+        return self.classify(self.generate(embeds, 0) if self.is_causal else self.encode(embeds)[:, 0])
 
     def num_trainable_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad)
@@ -86,6 +115,7 @@ def _check_positive(name: str, value, kind=int):
 
 def random_backbone(
     *,
+    architecture: str = "roberta",
     init_scale: float = 0.02,
     seed: int = 0,
     num_layers: int = ENCODER_2X512["num_layers"],
@@ -93,15 +123,19 @@ def random_backbone(
     num_heads: int = ENCODER_2X512["num_heads"],
     ffn_size: int = ENCODER_2X512["ffn_size"],
     vocab_size: int = ROBERTA_VOCAB_SIZE,
-    max_positions: int = ROBERTA_MAX_POSITIONS,
+    max_positions: int | None = None,
     num_labels: int = 2,
     trainable: bool = False,
 ) -> Backbone:
-    """A randomly initialized RoBERTa-architecture classifier.
+    """A randomly initialized classifier of the RoBERTa (encoder) or GPT-2 (causal decoder) architecture.
 
     Every Linear and Embedding weight (head included) is drawn from N(0, init_scale^2), transformers'
-    `initializer_range`; biases are zero and LayerNorms are the identity. `seed` fixes the draw.
+    `initializer_range`; biases are zero and LayerNorms are the identity. GPT-2 keeps its own scheme for the
+    output projections of each block, std init_scale / sqrt(2 * num_layers). `seed` fixes the draw.
+    `max_positions` defaults to the architecture's own (514 for RoBERTa, 1024 for GPT-2).
     """
+    if architecture not in ARCHITECTURES:
+        raise ValueError(f"architecture must be one of {ARCHITECTURES}, got {architecture!r}")
     if not isinstance(init_scale, (int, float)) or not 0 < init_scale <= 100:
         raise ValueError(f"init_scale must be a number in (0, 100], got {init_scale!r}")
     for name, value in [("num_layers", num_layers), ("hidden_size", hidden_size), ("num_heads", num_heads),
@@ -109,13 +143,21 @@ def random_backbone(
         _check_positive(name, value)
     if hidden_size % num_heads:
         raise ValueError(f"hidden_size ({hidden_size}) must be divisible by num_heads ({num_heads})")
-    if max_positions < 3:
+    if max_positions is not None and max_positions < 3:
         raise ValueError(f"max_positions must be at least 3, got {max_positions}")
-    config = RobertaConfig(
-        vocab_size=vocab_size, hidden_size=hidden_size, num_hidden_layers=num_layers,
-        num_attention_heads=num_heads, intermediate_size=ffn_size, max_position_embeddings=max_positions,
-        initializer_range=float(init_scale), num_labels=num_labels, **_NO_DROPOUT,
-    )
+    if architecture == "roberta":
+        config = RobertaConfig(
+            vocab_size=vocab_size, hidden_size=hidden_size, num_hidden_layers=num_layers,
+            num_attention_heads=num_heads, intermediate_size=ffn_size,
+            max_position_embeddings=max_positions or ROBERTA_MAX_POSITIONS,
+            initializer_range=float(init_scale), num_labels=num_labels, **_NO_DROPOUT,
+        )
+    else:
+        config = GPT2Config(
+            vocab_size=vocab_size, n_embd=hidden_size, n_layer=num_layers, n_head=num_heads, n_inner=ffn_size,
+            n_positions=max_positions or GPT2_MAX_POSITIONS, initializer_range=float(init_scale),
+            num_labels=num_labels, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, summary_first_dropout=0.0,
+        )
     config._attn_implementation = "sdpa"
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)

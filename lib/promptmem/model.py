@@ -1,10 +1,13 @@
 """The soft-prompt model: p trainable vectors prepended to the data token embeddings of a frozen backbone.
 
-    logits = head( encoder([P; E(x)])[p] )
+    encoder:  logits = head( encoder([P; E(x)])[p] )
+    causal:   logits = head( h_K ),  h_0 = decoder([P; E(x)])[-1],  h_k = decoder(h_{k-1} | cache)
 
-P (p x d) is the only trainable tensor; E is the backbone's frozen word embedding; the readout is position p,
-the first data token, so the frozen head always sees a hidden state that depends on the input. The prompt is
-stored in fp32 and only cast inside autocast regions, so the optimizer state stays fp32 under mixed precision.
+P (p x d) is the only trainable tensor; E is the backbone's frozen word embedding. An encoder is read at position
+p, the first data token, so the frozen head always sees a hidden state that depends on the input. A causal model
+is read at its last position, the only one that sees the whole input, after K continuous generation steps
+(K = 0: the last data token); gradients flow back through all K steps into the prompt. The prompt is stored in
+fp32 and only cast inside autocast regions, so the optimizer state stays fp32 under mixed precision.
 """
 
 from __future__ import annotations
@@ -44,29 +47,37 @@ def initial_prompt(backbone: Backbone, prompt_len: int, init: str = "vocab", *, 
 
 
 class SoftPromptModel(nn.Module):
-    def __init__(self, backbone: Backbone, prompt_len: int, *, init: str = "vocab", init_std: float | None = None,
-                 text_ids: torch.Tensor | None = None, seed: int = 0):
+    def __init__(self, backbone: Backbone, prompt_len: int, *, generation_steps: int = 0, init: str = "vocab",
+                 init_std: float | None = None, text_ids: torch.Tensor | None = None, seed: int = 0):
         super().__init__()
         if not isinstance(prompt_len, int) or isinstance(prompt_len, bool) or prompt_len < 1:
             raise ValueError(f"prompt_len must be an integer >= 1, got {prompt_len!r}")
-        if prompt_len + 1 > backbone.max_sequence_length:
-            raise ValueError(f"prompt_len must be at most {backbone.max_sequence_length - 1} for this backbone "
-                             f"(its positions cover {backbone.max_sequence_length} tokens), got {prompt_len}")
+        if not isinstance(generation_steps, int) or generation_steps < 0:
+            raise ValueError(f"generation_steps (K) must be an integer >= 0, got {generation_steps!r}")
+        if generation_steps and not backbone.is_causal:
+            raise ValueError(f"generation_steps (K) must be 0 for an encoder backbone (only causal models "
+                             f"generate), got {generation_steps}")
+        if prompt_len + generation_steps + 1 > backbone.max_sequence_length:
+            raise ValueError(f"prompt_len + generation_steps must be at most {backbone.max_sequence_length - 1} for "
+                             f"this backbone (its positions cover {backbone.max_sequence_length} tokens), "
+                             f"got {prompt_len} + {generation_steps}")
         self.backbone = backbone
         self.prompt_len = prompt_len
+        self.generation_steps = generation_steps
         start = initial_prompt(backbone, prompt_len, init, std=init_std, text_ids=text_ids, seed=seed)
         self.prompt = nn.Parameter(start.to(backbone.word_embeddings.weight.device))
 
     @property
     def readout_index(self) -> int:
-        """Position of the first data token: the hidden state the frozen head classifies."""
+        """Encoders: the position of the first data token, the hidden state the frozen head classifies."""
         return self.prompt_len
 
     def check_sequence_length(self, seq_len: int) -> None:
-        limit = self.backbone.max_sequence_length - self.prompt_len
+        limit = self.backbone.max_sequence_length - self.prompt_len - self.generation_steps
         if not 1 <= seq_len <= limit:
             raise ValueError(f"the data sequence length N must be in [1, {limit}] with prompt_len={self.prompt_len} "
-                             f"(N + p <= {self.backbone.max_sequence_length} positions), got {seq_len}")
+                             f"and generation_steps={self.generation_steps} (N + p + K <= "
+                             f"{self.backbone.max_sequence_length} positions), got {seq_len}")
 
     def embed(self, inputs: torch.Tensor) -> torch.Tensor:
         """[prompt; embeddings of the data] (B, p + N, d); `inputs` are token ids or token embeddings."""
@@ -76,5 +87,7 @@ class SoftPromptModel(nn.Module):
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
         self.check_sequence_length(inputs.shape[1])
-        hidden = self.backbone.encode(self.embed(inputs))
-        return self.backbone.classify(hidden[:, self.readout_index])
+        embeds = self.embed(inputs)
+        if self.backbone.is_causal:
+            return self.backbone.classify(self.backbone.generate(embeds, self.generation_steps))
+        return self.backbone.classify(self.backbone.encode(embeds)[:, self.readout_index])

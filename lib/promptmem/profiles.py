@@ -57,8 +57,9 @@ class MemorizationSettings:
     small_model: dict = field(default_factory=lambda: dict(hidden_size=4, num_heads=1, ffn_size=16))
 
 
-def init_scale_scan(settings: MemorizationSettings) -> list[RunConfig]:
-    """Notebook 01's scan of the backbone's init scale; later notebooks look its result up (or rerun it)."""
+def init_scale_scan(settings) -> list[RunConfig]:
+    """The scan of the backbone's init scale (random labels, one n and p; settings with `base`, `init_scales`,
+    `scan_n`, `scan_prompt_len`, `scan_epochs`). Notebook 01 runs it; later notebooks look its result up."""
     scan_base = dataclasses.replace(settings.base, n=settings.scan_n, prompt_len=settings.scan_prompt_len,
                                     labels="random", epochs=settings.scan_epochs)
     return [dataclasses.replace(scan_base, init_scale=scale) for scale in settings.init_scales]
@@ -113,5 +114,41 @@ LOW_RANK = {
         random_label_ranks=(1, 4, 32, 128),
         prompt_lengths=(1, 2, 3, 4, 6, 8),
         spectrum_ranks=(4, 32, 128),
+    ),
+}
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    """Notebook 02: a causal backbone that generates K continuous tokens before it answers."""
+
+    base: RunConfig
+    n_values: tuple[int, ...]
+    prompt_lengths: tuple[int, ...]
+    generation_steps: tuple[int, ...] = (0, 1, 2, 4, 8)
+    label_kinds: tuple[str, ...] = ("true", "random")
+    # the init-scale scan of the causal backbone, as notebook 01 does for the encoder
+    init_scales: tuple[float, ...] = (0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
+    scan_n: int = 1600
+    scan_prompt_len: int = 8
+    scan_epochs: int = 300
+
+
+GENERATION = {
+    "paper": GenerationSettings(
+        base=dataclasses.replace(MEMORIZATION["paper"].base, architecture="gpt2", generation_steps=0),
+        n_values=(1600, 3600),
+        prompt_lengths=MEMORIZATION["paper"].prompt_lengths,
+    ),
+    "quick": GenerationSettings(
+        base=dataclasses.replace(MEMORIZATION["quick"].base, architecture="gpt2", generation_steps=0),
+        n_values=(64, 128),
+        prompt_lengths=(1, 2, 3, 4, 6),
+        generation_steps=(0, 2, 4, 8),
+        label_kinds=("true",),
+        init_scales=(0.02, 0.1, 0.3, 1.0),
+        scan_n=64,
+        scan_prompt_len=4,
+        scan_epochs=100,
     ),
 }

@@ -27,9 +27,9 @@ from .model import PROMPT_INITS, SoftPromptModel
 from .training import PRECISIONS, default_device, train
 
 METHODS = ("prompt", "scratch")  # soft prompt on a frozen backbone | all weights of a fresh model trained
-OPTIONAL_INT_COLUMNS = ("rank", "batch_size")  # integers that are empty in some rows
+OPTIONAL_INT_COLUMNS = ("rank", "batch_size", "generation_steps")  # integers that are empty in some rows
 # Read back as text: pandas would turn labels "true" into a bool and an all-digit config_id into an int.
-TEXT_COLUMNS = ("config_id", "dataset", "labels", "method", "prompt_init", "precision", "status",
+TEXT_COLUMNS = ("config_id", "dataset", "labels", "method", "architecture", "prompt_init", "precision", "status",
                 "precision_used", "device", "torch_version", "transformers_version",
                 "initial_prompt_singular_values", "prompt_singular_values", "prompt_update_singular_values")
 
@@ -49,6 +49,8 @@ class RunConfig:
     labels: str = "true"
     rank: int | None = None  # dataset 'low_rank' only: the dimension the input tokens span
     method: str = "prompt"
+    architecture: str = "roberta"  # the frozen backbone: "roberta" (encoder) or "gpt2" (causal decoder)
+    generation_steps: int | None = None  # causal models: K continuous tokens generated before the readout
     num_layers: int = backbones.ENCODER_2X512["num_layers"]
     hidden_size: int = backbones.ENCODER_2X512["hidden_size"]
     num_heads: int = backbones.ENCODER_2X512["num_heads"]
@@ -78,6 +80,7 @@ class RunConfig:
                 raise ValueError(f"{name} must be one of {tuple(allowed)}, got {getattr(self, name)!r}")
 
         choice("method", METHODS)
+        choice("architecture", backbones.ARCHITECTURES)
         choice("dataset", data.DATASET_NAMES)
         choice("labels", ("random",) if self.dataset == "random_tokens" else data.LABEL_KINDS)
         choice("prompt_init", PROMPT_INITS)
@@ -90,10 +93,16 @@ class RunConfig:
             raise ValueError(f"prompt_len must be an integer >= 1 for method 'prompt', got {self.prompt_len!r}")
         if self.method == "scratch" and self.prompt_len != 0:
             raise ValueError(f"prompt_len must be 0 for method 'scratch', got {self.prompt_len!r}")
-        positions = backbones.ROBERTA_MAX_POSITIONS - 2
-        if self.seq_len + self.prompt_len > positions:
-            raise ValueError(f"seq_len + prompt_len (N + p) must be at most {positions}, the backbone's positions; "
-                             f"got {self.seq_len} + {self.prompt_len}")
+        steps = self.generation_steps
+        if (self.architecture == "gpt2") != (steps is not None):
+            raise ValueError(f"generation_steps must be set (an integer >= 0) for architecture 'gpt2' and only for "
+                             f"it, got generation_steps={steps!r} with architecture {self.architecture!r}")
+        if steps is not None and (not isinstance(steps, int) or steps < 0 or (steps and self.method != "prompt")):
+            raise ValueError(f"generation_steps must be an integer >= 0 (0 for method 'scratch'), got {steps!r}")
+        positions = backbones.MAX_SEQUENCE_LENGTH[self.architecture]
+        if self.seq_len + self.prompt_len + (steps or 0) > positions:
+            raise ValueError(f"seq_len + prompt_len + generation_steps (N + p + K) must be at most {positions}, the "
+                             f"backbone's positions; got {self.seq_len} + {self.prompt_len} + {steps or 0}")
         if not 0 < self.init_scale <= 100:
             raise ValueError(f"init_scale must be in (0, 100], got {self.init_scale!r}")
         if not 0 < self.lr < 10:
@@ -119,16 +128,20 @@ def grid(base: RunConfig, **axes) -> list[RunConfig]:
     return [dataclasses.replace(base, **dict(zip(names, values))) for values in itertools.product(*axes.values())]
 
 
+def _backbone_arguments(config: RunConfig) -> dict:
+    return dict(architecture=config.architecture, init_scale=config.init_scale, seed=config.backbone_seed,
+                num_layers=config.num_layers, hidden_size=config.hidden_size, num_heads=config.num_heads,
+                ffn_size=config.ffn_size)
+
+
 @functools.lru_cache(maxsize=4)
-def _frozen_backbone(num_layers, hidden_size, num_heads, ffn_size, init_scale, seed) -> backbones.Backbone:
-    return backbones.random_backbone(init_scale=init_scale, seed=seed, num_layers=num_layers,
-                                     hidden_size=hidden_size, num_heads=num_heads, ffn_size=ffn_size)
+def _frozen_backbone(**arguments) -> backbones.Backbone:
+    return backbones.random_backbone(**arguments)
 
 
 def backbone_for(config: RunConfig) -> backbones.Backbone:
     """The frozen random backbone a prompt config tunes; shared by every run of a sweep, as nothing trains it."""
-    return _frozen_backbone(config.num_layers, config.hidden_size, config.num_heads, config.ffn_size,
-                            config.init_scale, config.backbone_seed)
+    return _frozen_backbone(**_backbone_arguments(config))
 
 
 @functools.lru_cache(maxsize=16)
@@ -149,15 +162,13 @@ def build_model(config: RunConfig) -> tuple[torch.nn.Module, torch.Tensor, torch
     pairs = data_for(config)
     inputs = pairs.inputs
     if config.method == "prompt":
-        model = SoftPromptModel(backbone_for(config), config.prompt_len, init=config.prompt_init, seed=config.seed)
+        model = SoftPromptModel(backbone_for(config), config.prompt_len, generation_steps=config.generation_steps or 0,
+                                init=config.prompt_init, seed=config.seed)
     else:
         vocab_size = backbones.ROBERTA_VOCAB_SIZE
         if config.compact_vocab:
             inputs, vocab_size = data.compact_vocabulary(inputs)
-        model = backbones.random_backbone(init_scale=config.init_scale, seed=config.backbone_seed,
-                                          vocab_size=vocab_size, trainable=True, num_layers=config.num_layers,
-                                          hidden_size=config.hidden_size, num_heads=config.num_heads,
-                                          ffn_size=config.ffn_size)
+        model = backbones.random_backbone(vocab_size=vocab_size, trainable=True, **_backbone_arguments(config))
     return model, inputs, pairs.labels
 
 

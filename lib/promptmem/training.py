@@ -36,7 +36,7 @@ def default_device() -> torch.device:
 
 @dataclass
 class TrainResult:
-    final_accuracy: float  # on all n pairs, after training, in the training precision
+    final_accuracy: float  # on all n pairs, after training, in the training precision (NaN if "nonfinite")
     final_loss: float
     epochs: int  # epochs run (fewer than asked when stopped early)
     status: str  # "completed", "memorized" (early stop at 100%) or "nonfinite" (loss overflowed)
@@ -129,7 +129,7 @@ def train(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, *, epoch
         result.history["accuracy"].append(accuracy)
         result.epochs = epoch + 1
         bar.set_postfix(loss=f"{mean_loss:.4f}", acc=f"{accuracy:.3f}", refresh=False)
-        if not math.isfinite(mean_loss) and precision != "fp16":  # fp16's scaler skips such steps itself
+        if not math.isfinite(mean_loss):  # the forward itself overflowed (a GradScaler only guards gradients)
             result.status = "nonfinite"
             break
         if early_stop and accuracy == 1.0 and (order is None or evaluate(
@@ -140,5 +140,7 @@ def train(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, *, epoch
 
     result.final_accuracy, result.final_loss = evaluate(model, inputs, labels, precision=precision,
                                                         batch_size=batch_size)
+    if result.status == "nonfinite":  # arg-max of NaN logits is no prediction: report no accuracy at all
+        result.final_accuracy = float("nan")
     result.seconds = time.perf_counter() - start_time
     return result
