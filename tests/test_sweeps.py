@@ -3,6 +3,7 @@ import json
 
 import pandas as pd
 import pytest
+import torch
 
 from promptmem import sweeps
 from promptmem.sweeps import ResultsStore, RunConfig, best_setting, grid, min_prompt_length, run_sweep
@@ -158,3 +159,36 @@ def test_causal_config_trains(tmp_path):
     config = dataclasses.replace(TINY, architecture="gpt2", generation_steps=2, epochs=3)
     row = run_sweep([config], tmp_path / "r.csv", progress=False).iloc[0]
     assert row.architecture == "gpt2" and row.generation_steps == 2 and row.epochs_run == 3
+
+
+def test_a_row_gives_back_its_config_and_its_prompt(tmp_path):
+    config = dataclasses.replace(TINY, epochs=5, batch_size=8)
+    row = run_sweep([config], tmp_path / "r.csv", progress=False).iloc[0]
+    assert sweeps.config_from_row(row) == config
+    model, _, _ = sweeps.train_config(config)
+    again, _, _ = sweeps.train_config(sweeps.config_from_row(row))
+    assert torch.equal(model.prompt, again.prompt)  # deterministic: the finished run's prompt, exactly
+
+
+def test_rows_of_another_version_are_refused_not_misread(tmp_path):
+    row = run_sweep([TINY], tmp_path / "r.csv", progress=False).iloc[0]
+    with pytest.raises(ValueError, match="has no architecture"):
+        sweeps.config_from_row(row.drop("architecture"))  # a column an older version did not write
+    with pytest.raises(ValueError, match="does not match"):
+        sweeps.config_from_row(row.copy().replace({row["lr"]: 0.5}))
+
+
+def test_shortest_memorizing_run_per_n(tmp_path):
+    results = pd.DataFrame({"method": ["prompt"] * 5 + ["scratch"], "n": [10, 10, 10, 20, 20, 10],
+                            "prompt_len": [4, 2, 8, 8, 4, 0], "final_accuracy": [1.0, 1.0, 1.0, 1.0, 0.9, 1.0],
+                            "labels": ["true"] * 5 + ["true"]})
+    shortest = sweeps.shortest_memorizing(results, labels="true")
+    assert shortest[["n", "prompt_len"]].values.tolist() == [[10, 2], [20, 8]]
+    assert sweeps.read_results(tmp_path, "99_missing") is None
+
+
+def test_trained_prompt_bounds_come_from_the_rows_runs(tmp_path):
+    rows = run_sweep(grid(TINY, prompt_len=[2, 3]), tmp_path / "r.csv", progress=False)
+    bounds = sweeps.trained_prompt_bounds(rows)
+    assert len(bounds) == 2 * TINY.num_layers and (bounds.bound > 0).all()
+    assert bounds.accuracy_again.tolist() == [a for a in rows.final_accuracy for _ in range(TINY.num_layers)]

@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 
 from promptmem.theory import fit_power_law, sqrt_nN_prompt_length
 
@@ -24,3 +25,29 @@ def test_sqrt_through_passes_the_point():
     from promptmem.theory import sqrt_through
 
     assert np.allclose(sqrt_through([32, 128, 512], 32, 3.0), [3, 6, 12])
+
+
+def test_known_values_of_the_bounds():
+    from promptmem import theory
+
+    assert theory.depth_limited_parameters(10000, 10) == 1000  # M / L_depth
+    assert theory.depth_limited_parameters(10000, 1000) == 100  # depth beyond sqrt(M): sqrt(M)
+    assert theory.kim_parameters(100, 4, 8) == 8 + 100 + 20
+    assert theory.kajitsuka_parameters(100, 4) == 20
+    assert theory.hu_memorization_lower_bound_proxy(2, 3, 0.1) == pytest.approx(6)  # log10 (1/0.1)^6
+    assert theory.earlier_attention_layers_log10(2, 8, 3, 0.1) == pytest.approx(1 + 3)  # log10(10 * 10^3)
+    assert theory.earlier_ffn_layers_log10(2, 8, 3, 0.1) == pytest.approx(30)
+    assert theory.efficiency_threshold(np.e ** 4) == pytest.approx(2)
+    assert theory.feature_rank(4, 8) == 495
+    assert theory.exp_polynomial_degree(100.0, 1e-3) == 100  # large interval: degree ~ B
+    small = theory.exp_polynomial_degree(0.01, 1e-9)  # small interval: log(1/delta) / log(log(1/delta) / B)
+    assert small == pytest.approx(np.log(1e9) / np.log(np.log(1e9) / 0.01))
+
+
+def test_bad_theory_arguments_are_refused():
+    from promptmem import theory
+
+    with pytest.raises(ValueError, match="epsilon"):
+        theory.hu_memorization_lower_bound_proxy(2, 3, 1.5)
+    with pytest.raises(ValueError, match="degree"):
+        theory.feature_rank(3, -1)

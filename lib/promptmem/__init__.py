@@ -8,16 +8,17 @@ Modules, each one concern (imports flow downwards only):
     sweeps      run configs, the crash-safe results store, minimal prompt length
     spectra     singular-value spectra and effective ranks of data and prompts
     profiles    paper / quick / auto, and each notebook's grids
-    theory      the papers' formulas and power-law fits
+    theory      the papers' formulas (each with its source, exact or proxy) and power-law fits
+    attention   exact and polynomial-method attention; the query/key bound B of trained prompts
     plotting    figure style and saving (PNG + PDF + CSV)
 """
 
 from .backbones import Backbone, pretrained_backbone, random_backbone
 from .data import PairData, load_tokenizer, low_rank_sequences, make_dataset, random_tokens, sample_texts
 from .model import SoftPromptModel
-from .profiles import GENERATION, LOW_RANK, MEMORIZATION, init_scale_scan, resolve_profile
-from .sweeps import (RunConfig, ResultsStore, backbone_for, best_setting, data_for, grid, min_prompt_length,
-                     run_config, run_sweep)
+from .profiles import EFFICIENCY, GENERATION, LOW_RANK, MEMORIZATION, init_scale_scan, resolve_profile
+from .sweeps import (RunConfig, ResultsStore, backbone_for, best_setting, config_from_row, data_for, grid,
+                     min_prompt_length, run_config, run_sweep, train_config)
 from .training import select_precision, train
 
 __version__ = "0.1.0"

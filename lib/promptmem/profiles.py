@@ -152,3 +152,35 @@ GENERATION = {
         scan_epochs=100,
     ),
 }
+
+
+@dataclass(frozen=True)
+class EfficiencySettings:
+    """Notebook 06: the polynomial method against exact attention, Q and K with entries bounded by B."""
+
+    dim: int
+    lengths: tuple[int, ...]  # L of the error sweep
+    bounds: tuple[float, ...]
+    degrees: tuple[int, ...]
+    timing_lengths: tuple[int, ...]
+    timing_degrees: tuple[int, ...]
+
+
+EFFICIENCY = {
+    "paper": EfficiencySettings(
+        dim=4,
+        lengths=(2 ** 8, 2 ** 10, 2 ** 12, 2 ** 14, 2 ** 16),
+        bounds=tuple(b / 4 for b in range(2, 17)),  # 0.5 to 4
+        degrees=(1, 2, 3, 4, 6, 8, 10, 12, 14, 16, 20),
+        timing_lengths=tuple(2 ** e for e in range(8, 17)),
+        timing_degrees=(2, 8, 16),
+    ),
+    "quick": EfficiencySettings(
+        dim=4,
+        lengths=(2 ** 8, 2 ** 10, 2 ** 12),
+        bounds=(0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5),
+        degrees=(1, 2, 4, 6, 8, 12, 16),
+        timing_lengths=tuple(2 ** e for e in range(8, 14)),
+        timing_degrees=(2, 8),
+    ),
+}

@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from . import backbones, data, spectra
 from .model import PROMPT_INITS, SoftPromptModel
-from .training import PRECISIONS, default_device, train
+from .training import PRECISIONS, TrainResult, default_device, train
 
 METHODS = ("prompt", "scratch")  # soft prompt on a frozen backbone | all weights of a fresh model trained
 OPTIONAL_INT_COLUMNS = ("rank", "batch_size", "generation_steps")  # integers that are empty in some rows
@@ -178,15 +178,43 @@ def device_name(device: torch.device) -> str:
     return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
-def run_config(config: RunConfig, device: torch.device | None = None, progress: bool = False) -> dict:
-    """Train one config and return its results row."""
+def train_config(config: RunConfig, device: torch.device | None = None,
+                 progress: bool = False) -> tuple[torch.nn.Module, torch.Tensor | None, TrainResult]:
+    """Build and train one config: (the trained model, its initial prompt or None, the training result). Runs are
+    deterministic on the CPU, so training a finished config again gives back its prompt exactly."""
     config.validate()
-    device = device or default_device()
     model, inputs, labels = build_model(config)
     initial_prompt = model.prompt.detach().clone() if config.method == "prompt" else None
     result = train(model, inputs, labels, epochs=config.epochs, lr=config.lr, batch_size=config.batch_size,
                    weight_decay=config.weight_decay, early_stop=config.early_stop, precision=config.precision,
-                   device=device, seed=config.seed, progress=progress)
+                   device=device or default_device(), seed=config.seed, progress=progress)
+    return model, initial_prompt, result
+
+
+def config_from_row(row) -> RunConfig:
+    """The RunConfig of a results row (a dict or a pandas row), checked against the row's config_id."""
+    convert = {"int": int, "float": float, "bool": bool, "str": str}
+    values = {}
+    for field in dataclasses.fields(RunConfig):
+        value = row.get(field.name)
+        if value is None or pd.isna(value):
+            if "None" not in field.type:
+                raise ValueError(f"the results row has no {field.name}: it was written by another version of "
+                                 f"promptmem; rerun its config")
+            values[field.name] = None
+        else:
+            values[field.name] = convert[field.type.split(" |")[0]](value)
+    config = RunConfig(**values)
+    if row.get("config_id") is not None and config.config_id != row.get("config_id"):
+        raise ValueError(f"the row's config_id {row.get('config_id')} does not match its fields: it was written by "
+                         f"another version of promptmem; rerun its config")
+    return config
+
+
+def run_config(config: RunConfig, device: torch.device | None = None, progress: bool = False) -> dict:
+    """Train one config and return its results row."""
+    device = device or default_device()
+    model, initial_prompt, result = train_config(config, device, progress)
     return {
         "config_id": config.config_id, **dataclasses.asdict(config),
         "final_accuracy": result.final_accuracy, "final_loss": result.final_loss, "epochs_run": result.epochs,
@@ -282,3 +310,38 @@ def min_prompt_length(results: pd.DataFrame, by: list[str], target: float = 1.0)
                      "min_prompt_len": reached.min() if len(reached) else float("nan"),
                      "max_prompt_len_tried": group["prompt_len"].max()})
     return pd.DataFrame(rows)
+
+
+def shortest_memorizing(results: pd.DataFrame, target: float = 1.0, **match) -> pd.DataFrame:
+    """Per n, the prompt run of the shortest prompt reaching `target`, among the rows whose columns equal `match`."""
+    rows = results[(results["method"] == "prompt") & (results["final_accuracy"] >= target - 1e-9)]
+    for column, value in match.items():
+        rows = rows[rows[column] == value]
+    return rows.sort_values("prompt_len").groupby("n", as_index=False).head(1).sort_values("n")
+
+
+def trained_prompt_bounds(rows: pd.DataFrame, device: torch.device | None = None) -> pd.DataFrame:
+    """Train the configs of finished rows again (runs are deterministic on the CPU, so this gives their prompts
+    back) and measure, per layer, the max-norm bound B of the prompts' queries and keys (see `attention`)."""
+    from .attention import prompt_query_key_bounds
+
+    measured = []
+    for row in rows.to_dict("records"):
+        config = config_from_row(row)
+        model, _, result = train_config(config, device or torch.device("cpu"))
+        bounds = prompt_query_key_bounds(model, data_for(config).inputs.to(model.prompt.device))
+        measured += [{"config_id": config.config_id, "dataset": config.dataset, "labels": config.labels, "n": config.n,
+                      "prompt_len": config.prompt_len, "length": config.prompt_len + config.seq_len, "layer": layer,
+                      "bound": bound, "accuracy_again": result.final_accuracy}
+                     for layer, bound in enumerate(bounds, start=1)]
+    return pd.DataFrame(measured, columns=["config_id", "dataset", "labels", "n", "prompt_len", "length", "layer",
+                                           "bound", "accuracy_again"])
+
+
+def read_results(results_dir: str | os.PathLike, notebook: str) -> pd.DataFrame | None:
+    """Another notebook's results table, or None (saying so) when that notebook has not run yet."""
+    path = Path(results_dir) / f"{notebook}.csv"
+    if not path.exists():
+        print(f"{path} is missing (run notebook {notebook}): what needs it shows the theory alone")
+        return None
+    return ResultsStore(path).load()
