@@ -163,7 +163,7 @@ class EfficiencySettings:
     bounds: tuple[float, ...]
     degrees: tuple[int, ...]
     timing_lengths: tuple[int, ...]
-    timing_degrees: tuple[int, ...]
+    timing_bounds: tuple[float, ...]  # timed at the degree error 1/L needs: one B below sqrt(ln L), one above
 
 
 EFFICIENCY = {
@@ -173,7 +173,7 @@ EFFICIENCY = {
         bounds=tuple(b / 4 for b in range(2, 17)),  # 0.5 to 4
         degrees=(1, 2, 3, 4, 6, 8, 10, 12, 14, 16, 20),
         timing_lengths=tuple(2 ** e for e in range(8, 17)),
-        timing_degrees=(2, 8, 16),
+        timing_bounds=(1.0, 3.0),
     ),
     "quick": EfficiencySettings(
         dim=4,
@@ -181,6 +181,6 @@ EFFICIENCY = {
         bounds=(0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5),
         degrees=(1, 2, 4, 6, 8, 12, 16),
         timing_lengths=tuple(2 ** e for e in range(8, 14)),
-        timing_degrees=(2, 8),
+        timing_bounds=(1.0, 3.0),
     ),
 }
