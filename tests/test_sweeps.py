@@ -18,9 +18,9 @@ TINY = RunConfig(n=16, prompt_len=2, seq_len=4, dataset="random_tokens", labels=
 def counted_runs(monkeypatch):
     ran = []
 
-    def run_and_count(config, device=None, progress=False):
+    def run_and_count(config, device=None, progress=False, **checkpointing):
         ran.append(config)
-        return real_run(config, device, progress)
+        return real_run(config, device, progress, **checkpointing)
 
     real_run = sweeps.run_config
     monkeypatch.setattr(sweeps, "run_config", run_and_count)
@@ -192,3 +192,39 @@ def test_trained_prompt_bounds_come_from_the_rows_runs(tmp_path):
     bounds = sweeps.trained_prompt_bounds(rows)
     assert len(bounds) == 2 * TINY.num_layers and (bounds.bound > 0).all()
     assert bounds.accuracy_again.tolist() == [a for a in rows.final_accuracy for _ in range(TINY.num_layers)]
+
+
+def test_a_sweep_resumes_an_interrupted_run_from_its_checkpoint(tmp_path, monkeypatch):
+    config = dataclasses.replace(TINY, epochs=9, early_stop=False, batch_size=8)
+    reference = run_sweep([config], tmp_path / "reference.csv", progress=False).iloc[0]
+    real_train = sweeps.train
+
+    def train_that_dies_in_epoch_eight(model, *args, **kwargs):
+        forward, calls = model.forward, []
+
+        def forward_or_die(inputs):
+            calls.append(1)
+            if len(calls) == 7 * 2 + 1:  # 2 minibatches an epoch: the first step of epoch 8
+                raise KeyboardInterrupt
+            return forward(inputs)
+
+        model.forward = forward_or_die
+        return real_train(model, *args, **kwargs)
+
+    checkpoint = tmp_path / ".results.checkpoints" / f"{config.config_id}.pt"
+    monkeypatch.setattr(sweeps, "train", train_that_dies_in_epoch_eight)
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep([config], tmp_path / "results.csv", progress=False, checkpoint_every=3)
+    assert checkpoint.exists()
+    steps = []
+
+    def counting_train(model, *args, **kwargs):
+        forward = model.forward
+        model.forward = lambda inputs: steps.append(1) or forward(inputs)
+        return real_train(model, *args, **kwargs)
+
+    monkeypatch.setattr(sweeps, "train", counting_train)
+    resumed = run_sweep([config], tmp_path / "results.csv", progress=False, checkpoint_every=3).iloc[0]
+    assert len(steps) == 3 * 2 + 2  # epochs 7-9 (2 minibatches each) and the final evaluation, not all 9 epochs
+    assert resumed.prompt_singular_values == reference.prompt_singular_values
+    assert resumed.final_loss == reference.final_loss and not checkpoint.exists()

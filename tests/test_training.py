@@ -97,3 +97,43 @@ def test_fp16_keeps_an_fp32_prompt_and_skips_overflowing_steps(tiny_backbone, ti
     assert model.prompt.dtype == torch.float32
     assert torch.equal(model.prompt.detach(), before)  # overflowing steps were skipped, the prompt is intact
     assert result.final_accuracy == result.final_accuracy  # a real accuracy
+
+
+class Interrupted(Exception):
+    pass
+
+
+def test_an_interrupted_run_resumes_to_the_same_prompt(tiny_backbone, tiny_data, tmp_path):
+    arguments = dict(epochs=10, lr=0.02, batch_size=8, early_stop=False, progress=False)
+    uninterrupted = SoftPromptModel(tiny_backbone, 3, seed=0)
+    reference = train(uninterrupted, tiny_data.inputs, tiny_data.labels, **arguments)
+
+    checkpoint = tmp_path / "run.pt"
+    model = SoftPromptModel(tiny_backbone, 3, seed=0)
+    forward, calls = model.forward, []
+
+    def crash_in_epoch_eight(inputs):
+        calls.append(1)
+        if len(calls) == 7 * 4 + 2:  # 4 minibatches an epoch: the second step of epoch 8
+            raise Interrupted
+        return forward(inputs)
+
+    model.forward = crash_in_epoch_eight
+    with pytest.raises(Interrupted):
+        train(model, tiny_data.inputs, tiny_data.labels, checkpoint=checkpoint, checkpoint_every=3, **arguments)
+    assert checkpoint.exists()  # saved after epoch 6
+
+    resumed_model = SoftPromptModel(tiny_backbone, 3, seed=5)  # a fresh process would start from another prompt
+    resumed = train(resumed_model, tiny_data.inputs, tiny_data.labels, checkpoint=checkpoint, checkpoint_every=3,
+                    **arguments)
+    assert torch.equal(resumed_model.prompt, uninterrupted.prompt)
+    assert resumed.history == reference.history and resumed.epochs == 10
+    assert not checkpoint.exists()  # removed once the run ended
+
+
+def test_a_checkpoint_of_another_model_is_refused(tiny_backbone, tiny_data, tmp_path):
+    checkpoint = tmp_path / "run.pt"
+    torch.save({"trainable": {"weight": torch.zeros(1)}}, checkpoint)
+    with pytest.raises(ValueError, match="belongs to another model"):
+        train(SoftPromptModel(tiny_backbone, 2), tiny_data.inputs, tiny_data.labels, epochs=2, lr=0.01,
+              checkpoint=checkpoint, progress=False)

@@ -178,16 +178,17 @@ def device_name(device: torch.device) -> str:
     return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
-def train_config(config: RunConfig, device: torch.device | None = None,
-                 progress: bool = False) -> tuple[torch.nn.Module, torch.Tensor | None, TrainResult]:
+def train_config(config: RunConfig, device: torch.device | None = None, progress: bool = False,
+                 **checkpointing) -> tuple[torch.nn.Module, torch.Tensor | None, TrainResult]:
     """Build and train one config: (the trained model, its initial prompt or None, the training result). Runs are
-    deterministic on the CPU, so training a finished config again gives back its prompt exactly."""
+    deterministic on the CPU, so training a finished config again gives back its prompt exactly. `checkpointing`:
+    `checkpoint` and `checkpoint_every`, as for `train`."""
     config.validate()
     model, inputs, labels = build_model(config)
     initial_prompt = model.prompt.detach().clone() if config.method == "prompt" else None
     result = train(model, inputs, labels, epochs=config.epochs, lr=config.lr, batch_size=config.batch_size,
                    weight_decay=config.weight_decay, early_stop=config.early_stop, precision=config.precision,
-                   device=device or default_device(), seed=config.seed, progress=progress)
+                   device=device or default_device(), seed=config.seed, progress=progress, **checkpointing)
     return model, initial_prompt, result
 
 
@@ -211,10 +212,11 @@ def config_from_row(row) -> RunConfig:
     return config
 
 
-def run_config(config: RunConfig, device: torch.device | None = None, progress: bool = False) -> dict:
+def run_config(config: RunConfig, device: torch.device | None = None, progress: bool = False,
+               **checkpointing) -> dict:
     """Train one config and return its results row."""
     device = device or default_device()
-    model, initial_prompt, result = train_config(config, device, progress)
+    model, initial_prompt, result = train_config(config, device, progress, **checkpointing)
     return {
         "config_id": config.config_id, **dataclasses.asdict(config),
         "final_accuracy": result.final_accuracy, "final_loss": result.final_loss, "epochs_run": result.epochs,
@@ -273,18 +275,24 @@ class ResultsStore:
 
 
 def run_sweep(configs: list[RunConfig], results_path: str | os.PathLike, *, recompute: bool = False,
-              device: torch.device | None = None, progress: bool = True) -> pd.DataFrame:
+              device: torch.device | None = None, progress: bool = True,
+              checkpoint_every: int | None = None) -> pd.DataFrame:
     """Run every config not yet in the results file (all of them with `recompute`); return their rows.
 
-    All configs are validated before the first one trains.
+    All configs are validated before the first one trains. With `checkpoint_every`, each run saves its state that
+    often into `.<results name>.checkpoints/<config_id>.pt` beside the results file, and a rerun of an interrupted
+    sweep continues the interrupted run from there instead of from epoch 0.
     """
     for config in configs:
         config.validate()
     store = ResultsStore(results_path)
     done = set() if recompute else store.finished_ids()
     todo = [config for config in dict.fromkeys(configs) if config.config_id not in done]
+    checkpoints = Path(results_path).parent / f".{Path(results_path).stem}.checkpoints"
     for config in tqdm(todo, desc=f"{Path(results_path).stem}: {len(todo)} to run", disable=not progress):
-        store.put(run_config(config, device))
+        checkpointing = {} if checkpoint_every is None else dict(
+            checkpoint=checkpoints / f"{config.config_id}.pt", checkpoint_every=checkpoint_every)
+        store.put(run_config(config, device, **checkpointing))
     wanted = [config.config_id for config in configs]
     frame = store.load()
     return frame.set_index("config_id").loc[list(dict.fromkeys(wanted))].reset_index()

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -70,12 +72,17 @@ def evaluate(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, *, pr
 def train(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, *, epochs: int, lr: float,
           batch_size: int | None = None, weight_decay: float = 0.01, early_stop: bool = True,
           precision: str = "auto", device: torch.device | str | None = None, seed: int = 0,
-          progress: bool = True) -> TrainResult:
+          progress: bool = True, checkpoint: str | os.PathLike | None = None,
+          checkpoint_every: int = 100) -> TrainResult:
     """Train the parameters of `model` that require grad; `batch_size=None` means full batch.
 
     The accuracy logged per epoch is measured on the forward pass of the step itself: exact for the parameters
     before the step with a full batch, a running estimate with minibatches. Early stop (full batch: when that
     accuracy is 1; minibatches: when a clean evaluation confirms it) leaves the memorizing parameters in place.
+
+    With `checkpoint` (a file path), the trained parameters, the optimizer, the loss scaler, the shuffling generator
+    and the history are saved every `checkpoint_every` epochs, and a run that finds the file continues from it: an
+    interrupted run ends where an uninterrupted one would. The file is removed when the run ends.
     """
     if not isinstance(epochs, int) or epochs < 1:
         raise ValueError(f"epochs must be an integer >= 1, got {epochs!r}")
@@ -91,6 +98,8 @@ def train(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, *, epoch
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError("the model has no parameter that requires grad: nothing to train")
+    if not isinstance(checkpoint_every, int) or checkpoint_every < 1:
+        raise ValueError(f"checkpoint_every must be an integer >= 1, got {checkpoint_every!r}")
 
     device = torch.device(device) if device is not None else default_device()
     precision = select_precision(device) if precision == "auto" else precision
@@ -102,9 +111,13 @@ def train(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, *, epoch
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     generator = torch.Generator(device="cpu").manual_seed(seed)
     result = TrainResult(float("nan"), float("nan"), 0, "completed", precision, 0.0)
-    start_time = time.perf_counter()
+    checkpoint = Path(checkpoint) if checkpoint is not None else None
+    if checkpoint is not None and checkpoint.exists():
+        result.seconds = _load_checkpoint(checkpoint, model, optimizer, scaler, generator, result)
+    start_time = time.perf_counter() - result.seconds
 
-    bar = tqdm(range(epochs), desc="epochs", disable=not progress, leave=False)
+    bar = tqdm(range(result.epochs, epochs), desc="epochs", disable=not progress, leave=False, initial=result.epochs,
+               total=epochs)
     for epoch in bar:
         order = torch.randperm(n, generator=generator).to(device) if batch_size < n else None
         loss_sum = torch.zeros((), device=device)
@@ -136,7 +149,11 @@ def train(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, *, epoch
                 model, inputs, labels, precision=precision, batch_size=batch_size)[0] == 1.0):
             result.status = "memorized"
             break
+        if checkpoint is not None and result.epochs % checkpoint_every == 0 and result.epochs < epochs:
+            _save_checkpoint(checkpoint, model, optimizer, scaler, generator, result, time.perf_counter() - start_time)
     bar.close()
+    if checkpoint is not None:
+        checkpoint.unlink(missing_ok=True)
 
     result.final_accuracy, result.final_loss = evaluate(model, inputs, labels, precision=precision,
                                                         batch_size=batch_size)
@@ -144,3 +161,30 @@ def train(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, *, epoch
         result.final_accuracy = float("nan")
     result.seconds = time.perf_counter() - start_time
     return result
+
+
+def _save_checkpoint(path: Path, model: nn.Module, optimizer, scaler, generator: torch.Generator,
+                     result: TrainResult, seconds: float) -> None:
+    state = {"trainable": {name: p.detach().cpu() for name, p in model.named_parameters() if p.requires_grad},
+             "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(), "generator": generator.get_state(),
+             "epochs": result.epochs, "history": result.history, "seconds": seconds}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    torch.save(state, temporary)
+    os.replace(temporary, path)  # a crash mid-save leaves the previous checkpoint intact
+
+
+def _load_checkpoint(path: Path, model: nn.Module, optimizer, scaler, generator: torch.Generator,
+                     result: TrainResult) -> float:
+    state = torch.load(path, weights_only=True)
+    trainable = dict(model.named_parameters())
+    if set(state["trainable"]) != {name for name, p in trainable.items() if p.requires_grad}:
+        raise ValueError(f"the checkpoint {path} belongs to another model: it holds {sorted(state['trainable'])}")
+    with torch.no_grad():
+        for name, value in state["trainable"].items():
+            trainable[name].copy_(value)
+    optimizer.load_state_dict(state["optimizer"])
+    scaler.load_state_dict(state["scaler"])
+    generator.set_state(state["generator"])
+    result.epochs, result.history = state["epochs"], state["history"]
+    return state["seconds"]
