@@ -91,3 +91,8 @@ def test_required_degree_and_transition():
     assert required.degree.tolist() == [4, 8] and required.cheaper_than_exact.tolist() == [True, False]
     transition = attention.transition_bounds(required)
     assert transition.transition_bound.tolist() == [3] and transition.sqrt_log_length.iloc[0] == math.sqrt(math.log(100))
+
+
+def test_features_do_not_depend_on_the_chunking():
+    x = torch.randn(9, 3, dtype=torch.float64)
+    assert torch.equal(attention.taylor_features(x, 5, chunk=7), attention.taylor_features(x, 5, chunk=10_000))

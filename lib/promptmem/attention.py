@@ -46,14 +46,17 @@ def monomial_exponents(dim: int, degree: int) -> torch.Tensor:
     return torch.tensor(np.array(rows), dtype=torch.long)
 
 
-def taylor_features(x: torch.Tensor, degree: int) -> torch.Tensor:
-    """phi(x) (..., L, r) with <phi(x), phi(y)> = sum_{j<=degree} <x, y>^j / j! exactly."""
+def taylor_features(x: torch.Tensor, degree: int, chunk: int = 512) -> torch.Tensor:
+    """phi(x) (..., L, r) with <phi(x), phi(y)> = sum_{j<=degree} <x, y>^j / j! exactly; built `chunk` monomials
+    at a time, so the working memory is O(L d chunk) on top of the O(L r) result."""
     exponents = monomial_exponents(x.shape[-1], degree).to(x.device)
     powers = x[..., None] ** torch.arange(degree + 1, device=x.device, dtype=x.dtype)  # (..., L, d, g + 1)
-    index = exponents.T.expand(*x.shape[:-1], -1, -1)  # (..., L, d, r)
-    monomials = torch.gather(powers, -1, index).prod(dim=-2)  # (..., L, r)
-    log_factorials = torch.lgamma(exponents.to(x.dtype) + 1).sum(-1)
-    return monomials * torch.exp(-0.5 * log_factorials)
+    scales = torch.exp(-0.5 * torch.lgamma(exponents.to(x.dtype) + 1).sum(-1))  # 1 / sqrt(a!)
+    columns = []
+    for start in range(0, len(exponents), chunk):
+        index = exponents[start:start + chunk].T.expand(*x.shape[:-1], -1, -1)  # (..., L, d, chunk)
+        columns.append(torch.gather(powers, -1, index).prod(dim=-2) * scales[start:start + chunk])
+    return torch.cat(columns, dim=-1)
 
 
 def polynomial_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, degree: int) -> torch.Tensor:
