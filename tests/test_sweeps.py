@@ -71,6 +71,8 @@ def test_a_file_that_is_not_a_results_table_is_refused(tmp_path):
     (dict(dataset="wikitext"), "dataset must be one of"),
     (dict(method="lora"), "method must be one of"),
     (dict(init_scale=-1.0), "init_scale"),
+    (dict(init_scale="0.3"), "init_scale must be a number"),
+    (dict(lr=0.0), "lr must be a number"),
     (dict(precision="fp64"), "precision"),
     (dict(n=0), "n must be"),
 ])
@@ -228,3 +230,9 @@ def test_a_sweep_resumes_an_interrupted_run_from_its_checkpoint(tmp_path, monkey
     assert len(steps) == 3 * 2 + 2  # epochs 7-9 (2 minibatches each) and the final evaluation, not all 9 epochs
     assert resumed.prompt_singular_values == reference.prompt_singular_values
     assert resumed.final_loss == reference.final_loss and not checkpoint.exists()
+
+
+def test_recompute_must_be_a_bool(tmp_path, counted_runs):
+    with pytest.raises(ValueError, match="recompute must be True or False"):
+        run_sweep([TINY], tmp_path / "r.csv", recompute="yes", progress=False)
+    assert counted_runs == []

@@ -103,10 +103,12 @@ class RunConfig:
         if self.seq_len + self.prompt_len + (steps or 0) > positions:
             raise ValueError(f"seq_len + prompt_len + generation_steps (N + p + K) must be at most {positions}, the "
                              f"backbone's positions; got {self.seq_len} + {self.prompt_len} + {steps or 0}")
-        if not 0 < self.init_scale <= 100:
-            raise ValueError(f"init_scale must be in (0, 100], got {self.init_scale!r}")
-        if not 0 < self.lr < 10:
-            raise ValueError(f"lr must be in (0, 10), got {self.lr!r}")
+        for name, allowed, within in (("init_scale", "(0, 100]", lambda v: 0 < v <= 100),
+                                      ("lr", "(0, 10)", lambda v: 0 < v < 10),
+                                      ("weight_decay", "[0, 10]", lambda v: 0 <= v <= 10)):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not within(value):
+                raise ValueError(f"{name} must be a number in {allowed}, got {value!r}")
         if self.batch_size is not None and (not isinstance(self.batch_size, int) or self.batch_size < 1):
             raise ValueError(f"batch_size must be None (full batch) or an integer >= 1, got {self.batch_size!r}")
         if (self.dataset == "low_rank") != (self.rank is not None):
@@ -283,6 +285,8 @@ def run_sweep(configs: list[RunConfig], results_path: str | os.PathLike, *, reco
     often into `.<results name>.checkpoints/<config_id>.pt` beside the results file, and a rerun of an interrupted
     sweep continues the interrupted run from there instead of from epoch 0.
     """
+    if not isinstance(recompute, bool):
+        raise ValueError(f"recompute must be True or False, got {recompute!r}")
     for config in configs:
         config.validate()
     store = ResultsStore(results_path)
