@@ -110,8 +110,8 @@ LOW_RANK = {
     "quick": LowRankSettings(
         base=MEMORIZATION["quick"].base,
         n=128,
-        ranks=(1, 2, 4, 8, 16, 32, 128),
-        random_label_ranks=(1, 4, 32, 128),
+        ranks=(1, 2, 4, 16, 128),
+        random_label_ranks=(1, 4, 128),
         prompt_lengths=(1, 2, 3, 4, 6, 8),
         spectrum_ranks=(4, 32, 128),
     ),
