@@ -32,3 +32,16 @@ def fresh_data_caches():
     yield
     data.load_split.cache_clear()
     data.load_tokenizer.cache_clear()
+
+
+def interrupt_at_call(model, call: int, exception=KeyboardInterrupt):
+    """Make `model.forward` raise `exception` at its `call`-th call: a run killed in the middle of training."""
+    forward, calls = model.forward, []
+
+    def forward_or_die(inputs):
+        calls.append(1)
+        if len(calls) == call:
+            raise exception
+        return forward(inputs)
+
+    model.forward = forward_or_die

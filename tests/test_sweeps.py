@@ -7,7 +7,7 @@ import torch
 
 from promptmem import sweeps
 from promptmem.sweeps import ResultsStore, RunConfig, best_setting, grid, min_prompt_length, run_sweep
-from tests.conftest import requires_local_data
+from tests.conftest import interrupt_at_call, requires_local_data
 
 # A few-second sweep: random tokens through a small random encoder.
 TINY = RunConfig(n=16, prompt_len=2, seq_len=4, dataset="random_tokens", labels="random", hidden_size=32,
@@ -202,15 +202,7 @@ def test_a_sweep_resumes_an_interrupted_run_from_its_checkpoint(tmp_path, monkey
     real_train = sweeps.train
 
     def train_that_dies_in_epoch_eight(model, *args, **kwargs):
-        forward, calls = model.forward, []
-
-        def forward_or_die(inputs):
-            calls.append(1)
-            if len(calls) == 7 * 2 + 1:  # 2 minibatches an epoch: the first step of epoch 8
-                raise KeyboardInterrupt
-            return forward(inputs)
-
-        model.forward = forward_or_die
+        interrupt_at_call(model, 7 * 2 + 1)  # 2 minibatches an epoch: the first step of epoch 8
         return real_train(model, *args, **kwargs)
 
     checkpoint = tmp_path / ".results.checkpoints" / f"{config.config_id}.pt"

@@ -5,6 +5,7 @@ import torch
 
 from promptmem.model import SoftPromptModel
 from promptmem.training import evaluate, select_precision, train
+from tests.conftest import interrupt_at_call
 
 
 @pytest.mark.parametrize("capability, expected", [((9, 0), "bf16"), ((8, 0), "bf16"), ((8, 6), "bf16"),
@@ -110,15 +111,7 @@ def test_an_interrupted_run_resumes_to_the_same_prompt(tiny_backbone, tiny_data,
 
     checkpoint = tmp_path / "run.pt"
     model = SoftPromptModel(tiny_backbone, 3, seed=0)
-    forward, calls = model.forward, []
-
-    def crash_in_epoch_eight(inputs):
-        calls.append(1)
-        if len(calls) == 7 * 4 + 2:  # 4 minibatches an epoch: the second step of epoch 8
-            raise Interrupted
-        return forward(inputs)
-
-    model.forward = crash_in_epoch_eight
+    interrupt_at_call(model, 7 * 4 + 2, Interrupted)  # 4 minibatches an epoch: the second step of epoch 8
     with pytest.raises(Interrupted):
         train(model, tiny_data.inputs, tiny_data.labels, checkpoint=checkpoint, checkpoint_every=3, **arguments)
     assert checkpoint.exists()  # saved after epoch 6
