@@ -49,10 +49,6 @@ class Backbone(nn.Module):
         self.eval()
 
     @property
-    def hidden_size(self) -> int:
-        return self.config.hidden_size
-
-    @property
     def max_sequence_length(self) -> int:
         """The longest prompt + data sequence the position embeddings cover."""
         offset = self.config.pad_token_id + 1 if self.config.model_type in ("roberta", "xlm-roberta") else 0

@@ -43,15 +43,6 @@ class PairData:
 
     inputs: torch.Tensor  # token ids (n, N) int64, or token embeddings (n, N, d) float32
     labels: torch.Tensor  # (n,) int64
-    num_labels: int = 2
-
-    @property
-    def n(self) -> int:
-        return self.inputs.shape[0]
-
-    @property
-    def seq_len(self) -> int:
-        return self.inputs.shape[1]
 
 
 def local_data_dir() -> Path | None:
@@ -181,7 +172,7 @@ def random_tokens(n: int, seq_len: int, *, seed: int = 0, vocab_size: int = 5026
     _check_size("vocab_size", vocab_size, FIRST_ORDINARY_TOKEN + 1)
     rng = np.random.default_rng([seed, 0])
     input_ids = torch.from_numpy(rng.integers(FIRST_ORDINARY_TOKEN, vocab_size, size=(n, seq_len)))
-    return PairData(input_ids, random_labels(n, seed, num_labels), num_labels)
+    return PairData(input_ids, random_labels(n, seed, num_labels))
 
 
 def low_rank_sequences(n: int, seq_len: int, width: int, rank: int, *, seed: int = 0, scale: float = 1.0,

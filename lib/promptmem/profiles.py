@@ -36,6 +36,19 @@ def resolve_profile(profile: str = "auto") -> str:
 
 
 @dataclass(frozen=True)
+class InitScaleScan:
+    """The scan of a random backbone's init scale: random labels, one n, one prompt length; only the scale varies."""
+
+    init_scales: tuple[float, ...] = (0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
+    n: int = 1600
+    prompt_len: int = 8
+    epochs: int = 300
+
+
+QUICK_SCAN = InitScaleScan(init_scales=(0.02, 0.1, 0.3, 1.0), n=128, prompt_len=4, epochs=100)
+
+
+@dataclass(frozen=True)
 class MemorizationSettings:
     """Notebook 01. `base` carries the backbone shape and the optimizer; the tuples are the grids."""
 
@@ -46,11 +59,7 @@ class MemorizationSettings:
     # panel (c): N at a fixed n
     seq_lens: tuple[int, ...] = (4, 8, 16)
     seq_len_n: int = 1600
-    # the init-scale scan: one config per scale, random labels (the hard case)
-    init_scales: tuple[float, ...] = (0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
-    scan_n: int = 1600
-    scan_prompt_len: int = 8
-    scan_epochs: int = 300
+    scan: InitScaleScan = InitScaleScan()
     # panel (d): the same shape trained from scratch (at scratch_lr), and a compact-vocabulary model of about the
     # longest prompt's size (at the prompt's lr; width 4, as LayerNorm over fewer dimensions is degenerate)
     scratch_lr: float = 0.001
@@ -58,11 +67,11 @@ class MemorizationSettings:
 
 
 def init_scale_scan(settings) -> list[RunConfig]:
-    """The scan of the backbone's init scale (random labels, one n and p; settings with `base`, `init_scales`,
-    `scan_n`, `scan_prompt_len`, `scan_epochs`). Notebook 01 runs it; later notebooks look its result up."""
-    scan_base = dataclasses.replace(settings.base, n=settings.scan_n, prompt_len=settings.scan_prompt_len,
-                                    labels="random", epochs=settings.scan_epochs)
-    return [dataclasses.replace(scan_base, init_scale=scale) for scale in settings.init_scales]
+    """The configs of `settings.scan` on `settings.base`. Notebook 01 runs them; later notebooks look them up."""
+    scan = settings.scan
+    scan_base = dataclasses.replace(settings.base, n=scan.n, prompt_len=scan.prompt_len, labels="random",
+                                    epochs=scan.epochs)
+    return [dataclasses.replace(scan_base, init_scale=scale) for scale in scan.init_scales]
 
 
 MEMORIZATION = {
@@ -78,10 +87,7 @@ MEMORIZATION = {
         n_values=(32, 64, 128, 256),
         prompt_lengths=(1, 2, 3, 4, 6, 8, 16),
         seq_len_n=128,
-        init_scales=(0.02, 0.1, 0.3, 1.0),
-        scan_n=128,
-        scan_prompt_len=4,
-        scan_epochs=100,
+        scan=QUICK_SCAN,
     ),
 }
 
@@ -127,11 +133,7 @@ class GenerationSettings:
     prompt_lengths: tuple[int, ...]
     generation_steps: tuple[int, ...] = (0, 1, 2, 4, 8)
     label_kinds: tuple[str, ...] = ("true", "random")
-    # the init-scale scan of the causal backbone, as notebook 01 does for the encoder
-    init_scales: tuple[float, ...] = (0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
-    scan_n: int = 1600
-    scan_prompt_len: int = 8
-    scan_epochs: int = 300
+    scan: InitScaleScan = InitScaleScan()  # the causal backbone's own scan, as notebook 01's for the encoder
 
 
 GENERATION = {
@@ -146,10 +148,7 @@ GENERATION = {
         prompt_lengths=(1, 2, 3, 4, 6),
         generation_steps=(0, 2, 4, 8),
         label_kinds=("true",),
-        init_scales=(0.02, 0.1, 0.3, 1.0),
-        scan_n=64,
-        scan_prompt_len=4,
-        scan_epochs=100,
+        scan=dataclasses.replace(QUICK_SCAN, n=64),
     ),
 }
 

@@ -27,11 +27,10 @@ from .model import PROMPT_INITS, SoftPromptModel
 from .training import PRECISIONS, TrainResult, default_device, train
 
 METHODS = ("prompt", "scratch")  # soft prompt on a frozen backbone | all weights of a fresh model trained
-OPTIONAL_INT_COLUMNS = ("rank", "batch_size", "generation_steps")  # integers that are empty in some rows
-# Read back as text: pandas would turn labels "true" into a bool and an all-digit config_id into an int.
-TEXT_COLUMNS = ("config_id", "dataset", "labels", "method", "architecture", "prompt_init", "precision", "status",
-                "precision_used", "device", "torch_version", "transformers_version",
-                "initial_prompt_singular_values", "prompt_singular_values", "prompt_update_singular_values")
+# Text columns of a results row beside the config's own: read back as text, as pandas would turn an all-digit
+# config_id into an int (and the config's labels "true" into a bool).
+RESULT_TEXT_COLUMNS = ("config_id", "status", "precision_used", "device", "torch_version", "transformers_version",
+                       "initial_prompt_singular_values", "prompt_singular_values", "prompt_update_singular_values")
 
 
 @dataclass(frozen=True)
@@ -242,6 +241,17 @@ def _singular_values_json(matrix: torch.Tensor | None) -> str:
     return json.dumps([float(f"{value:.6g}") for value in spectra.singular_values(matrix)])
 
 
+def _column_types() -> dict:
+    """Read types from RunConfig's field types: its text fields as text, its optional ints as nullable ints."""
+    types = {name: str for name in RESULT_TEXT_COLUMNS}
+    for field in dataclasses.fields(RunConfig):
+        if field.type == "str":
+            types[field.name] = str
+        elif field.type == "int | None":
+            types[field.name] = "Int64"
+    return types
+
+
 class ResultsStore:
     """A CSV of results rows, one per finished config, keyed by `config_id`."""
 
@@ -251,8 +261,7 @@ class ResultsStore:
     def load(self) -> pd.DataFrame:
         if not self.path.exists():
             return pd.DataFrame()
-        frame = pd.read_csv(self.path, dtype={**{name: str for name in TEXT_COLUMNS},
-                                              **{name: "Int64" for name in OPTIONAL_INT_COLUMNS}})
+        frame = pd.read_csv(self.path, dtype=_column_types())
         if len(frame) and "config_id" not in frame.columns:
             raise ValueError(f"{self.path} is not a promptmem results file (no config_id column)")
         return frame

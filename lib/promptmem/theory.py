@@ -39,8 +39,8 @@ def kim_parameters(n, seq_len, dim, constant: float = 1.0):
 
 def kajitsuka_parameters(n, seq_len, constant: float = 1.0):
     """EXACT rate. Kajitsuka & Sato (ICLR 2025): Õ(sqrt(n N)) parameters suffice and, for hardmax attention, are
-    necessary; here c * sqrt(n N)."""
-    return constant * np.sqrt(_array(n) * _array(seq_len))
+    necessary; here c * sqrt(n N): the rate of Wang & Lin's prompt length, in parameters."""
+    return sqrt_nN_prompt_length(n, seq_len, constant)
 
 
 def hu_memorization_lower_bound_proxy(dim, seq_len, epsilon):
