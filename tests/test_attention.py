@@ -71,14 +71,14 @@ def test_error_grid_and_timings_have_their_columns():
 
 def test_prompt_bounds_per_layer(tiny_backbone, tiny_data):
     model = SoftPromptModel(tiny_backbone, 3, seed=0)
-    bounds = attention.prompt_query_key_bounds(model, tiny_data.inputs)
+    bounds = attention.prompt_attention_statistics(model, tiny_data.inputs)["bound"]
     assert len(bounds) == 2 and all(b > 0 for b in bounds)
     layer = tiny_backbone.hf_model.base_model.encoder.layer[0].attention.self
     hidden = tiny_backbone.hf_model.base_model.embeddings(inputs_embeds=model.embed(tiny_data.inputs))  # layer 1 input
     expected = max(layer.query(hidden[:, :3]).abs().max(), layer.key(hidden[:, :3]).abs().max()).item() * 16 ** 0.25
     with torch.no_grad():
         model.prompt.mul_(3.0)
-    assert attention.prompt_query_key_bounds(model, tiny_data.inputs) != bounds  # the bound follows the prompt
+    assert attention.prompt_attention_statistics(model, tiny_data.inputs)["bound"] != bounds  # follows the prompt
     assert bounds[0] == pytest.approx(expected, rel=1e-6)
 
 
@@ -96,3 +96,28 @@ def test_required_degree_and_transition():
 def test_features_do_not_depend_on_the_chunking():
     x = torch.randn(9, 3, dtype=torch.float64)
     assert torch.equal(attention.taylor_features(x, 5, chunk=7), attention.taylor_features(x, 5, chunk=10_000))
+
+
+def test_attention_statistics_tell_a_shift_from_an_input_dependent_prompt(tiny_data):
+    from promptmem.backbones import random_backbone
+    from tests.conftest import TINY
+
+    statistics = {}
+    for scale in (0.001, 0.3):
+        backbone = random_backbone(seed=0, **{**TINY, "init_scale": scale})
+        statistics[scale] = attention.prompt_attention_statistics(SoftPromptModel(backbone, 3, seed=0),
+                                                                  tiny_data.inputs, chunk=10)
+    uniform, selective = statistics[0.001], statistics[0.3]
+    # tiny weights: attention logits vanish, every position weighs 1 / (p + N) for every input
+    assert all(value > 0.999 for value in uniform["entropy"])
+    assert uniform["prompt_mass"] == pytest.approx([3 / 7] * 2, abs=1e-3)
+    assert all(value < 1e-3 for value in uniform["prompt_spread"])
+    assert all(value < 0.9 for value in selective["entropy"]) and all(value > 0.02 for value in selective["prompt_spread"])
+    assert all(s > u for s, u in zip(selective["bound"], uniform["bound"]))
+
+
+def test_attention_statistics_do_not_depend_on_the_chunking(tiny_backbone, tiny_data):
+    model = SoftPromptModel(tiny_backbone, 3, seed=0)
+    whole, chunked = (attention.prompt_attention_statistics(model, tiny_data.inputs, chunk=c) for c in (512, 5))
+    for name in whole:
+        assert whole[name] == pytest.approx(chunked[name], rel=1e-5, abs=1e-7), name

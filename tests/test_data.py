@@ -173,3 +173,24 @@ def test_bad_low_rank_arguments_are_refused(kwargs, message):
     arguments = dict(n=10, seq_len=4, width=16, rank=2) | kwargs
     with pytest.raises(ValueError, match=message):
         data.low_rank_sequences(**arguments)
+
+
+@requires_local_data
+def test_held_out_texts_come_from_the_test_split_and_never_repeat_a_training_input():
+    train = data.sample_texts("sst2", 500, 2, seed=5)
+    test = data.held_out_texts("sst2", 100, 2, train.inputs, seed=5)
+    assert test.inputs.shape == (100, 2)
+    assert not {tuple(row) for row in train.inputs.tolist()} & {tuple(row) for row in test.inputs.tolist()}
+    unfiltered = data.sample_texts("sst2", 100, 2, seed=5, split="validation")
+    assert {tuple(r) for r in unfiltered.inputs.tolist()} & {tuple(r) for r in train.inputs.tolist()}, \
+        "at N = 2 some validation sentences start like a training sentence: else the filter had nothing to do"
+    validation = data.load_split("sst2", "validation")
+    tokenizer = data.load_tokenizer()
+    for ids, label in zip(test.inputs[:5].tolist(), test.labels[:5].tolist()):
+        rows = validation[validation.text.str.startswith(tokenizer.decode(ids))]
+        assert len(rows) >= 1 and label in set(rows.label)  # true labels of validation sentences
+
+
+def test_held_out_texts_need_a_text_dataset():
+    with pytest.raises(ValueError, match="dataset must be one of"):
+        data.held_out_texts("random_tokens", 10, 4, torch.zeros(1, 4, dtype=torch.long))

@@ -228,3 +228,19 @@ def test_recompute_must_be_a_bool(tmp_path, counted_runs):
     with pytest.raises(ValueError, match="recompute must be True or False"):
         run_sweep([TINY], tmp_path / "r.csv", recompute="yes", progress=False)
     assert counted_runs == []
+
+
+def test_evaluation_curves_are_one_row_per_run_and_epoch():
+    rows = pd.DataFrame({"seed": [0, 1], "evaluations": [
+        json.dumps({"epoch": [0, 2], "train_accuracy": [0.5, 1.0], "test_accuracy": [0.4, 0.6]}),
+        json.dumps({"epoch": [0, 2], "train_accuracy": [0.6, 0.9], "test_accuracy": [0.5, 0.5]})]})
+    curves = sweeps.evaluation_curves(rows, keep=["seed"])
+    assert curves.columns.tolist() == ["epoch", "train_accuracy", "test_accuracy", "seed"]
+    assert curves.seed.tolist() == [0, 0, 1, 1] and curves.train_accuracy.tolist() == [0.5, 1.0, 0.6, 0.9]
+
+
+def test_prompt_rows_carry_the_attention_statistics(tmp_path):
+    row = run_sweep([dataclasses.replace(TINY, epochs=3)], tmp_path / "r.csv", progress=False).iloc[0]
+    for column in sweeps.ATTENTION_COLUMNS.values():
+        assert len(json.loads(row[column])) == TINY.num_layers, column
+    assert pd.isna(row.test_accuracy) and pd.isna(row.evaluations)  # no held-out set, no curves asked for

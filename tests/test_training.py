@@ -1,11 +1,13 @@
+import math
 from unittest import mock
 
 import pytest
 import torch
 
+from promptmem import data
 from promptmem.model import SoftPromptModel
 from promptmem.training import evaluate, select_precision, train
-from tests.conftest import interrupt_at_call
+from tests.conftest import TINY, interrupt_at_call
 
 
 @pytest.mark.parametrize("capability, expected", [((9, 0), "bf16"), ((8, 0), "bf16"), ((8, 6), "bf16"),
@@ -55,7 +57,8 @@ def test_same_seed_same_prompt(tiny_backbone, tiny_data):
 
 @pytest.mark.parametrize("kwargs, message", [
     (dict(epochs=0), "epochs"), (dict(lr=-1.0), "lr"), (dict(batch_size=0), "batch_size"),
-    (dict(precision="fp8"), "precision"),
+    (dict(precision="fp8"), "precision"), (dict(eval_every=0), "eval_every"),
+    (dict(test_data=(torch.zeros(2, 4, dtype=torch.long), torch.zeros(3, dtype=torch.long))), "test_data"),
 ])
 def test_bad_arguments_are_refused_before_training(tiny_backbone, tiny_data, kwargs, message):
     model = SoftPromptModel(tiny_backbone, 2)
@@ -130,3 +133,26 @@ def test_a_checkpoint_of_another_model_is_refused(tiny_backbone, tiny_data, tmp_
     with pytest.raises(ValueError, match="belongs to another model"):
         train(SoftPromptModel(tiny_backbone, 2), tiny_data.inputs, tiny_data.labels, epochs=2, lr=0.01,
               checkpoint=checkpoint, progress=False)
+
+
+def test_accuracy_curves_are_evaluated_every_k_epochs(tiny_backbone, tiny_data):
+    held_out = data.random_tokens(16, 4, seed=9, vocab_size=TINY["vocab_size"])
+    model = SoftPromptModel(tiny_backbone, 4, seed=0)
+    result = train(model, tiny_data.inputs, tiny_data.labels, epochs=7, lr=0.05, early_stop=False, progress=False,
+                   test_data=(held_out.inputs, held_out.labels), eval_every=3)
+    curves = result.evaluations
+    assert curves["epoch"] == [0, 3, 6, 7]  # before training, every 3 epochs, and the last epoch
+    assert curves["train_accuracy"][-1] == result.final_accuracy
+    assert curves["test_accuracy"][-1] == result.test_accuracy == evaluate(model, held_out.inputs, held_out.labels)[0]
+    assert curves["train_accuracy"][0] < curves["train_accuracy"][-1]
+    again = SoftPromptModel(tiny_backbone, 4, seed=0)
+    silent = train(again, tiny_data.inputs, tiny_data.labels, epochs=7, lr=0.05, early_stop=False, progress=False)
+    assert torch.equal(again.prompt, model.prompt)  # evaluating never changes the trajectory
+    assert silent.evaluations["epoch"] == [] and math.isnan(silent.test_accuracy)
+
+
+def test_curves_stop_where_an_early_stop_does(tiny_backbone, tiny_data):
+    model = SoftPromptModel(tiny_backbone, 8, seed=0)
+    result = train(model, tiny_data.inputs, tiny_data.labels, epochs=300, lr=0.05, progress=False, eval_every=50)
+    assert result.status == "memorized" and result.evaluations["epoch"][-1] == result.epochs
+    assert result.evaluations["train_accuracy"][-1] == 1.0

@@ -122,21 +122,47 @@ def attention_timings(lengths, degrees, dim: int = 4, device="cpu", dtype=torch.
 
 
 @torch.no_grad()
-def prompt_query_key_bounds(model, inputs: torch.Tensor) -> list[float]:
-    """Per layer of a soft-prompt model on a RoBERTa-style encoder: the max-norm B of the queries and keys at the
-    prompt positions over all `inputs`, in the convention exp(Q K^T / d_head) (so Q and K carry d_head^(1/4) of
-    the 1/sqrt(d_head) scaling). Layer 1's are the same for every input; deeper layers' depend on the data."""
+def prompt_attention_statistics(model, inputs: torch.Tensor, chunk: int = 512) -> dict[str, list[float]]:
+    """Per layer of a soft-prompt model on a BERT- or RoBERTa-style encoder, over all `inputs`:
+
+    entropy        the entropy of the data-token queries' attention over the p + N positions, divided by ln(p + N)
+                   (1: uniform attention, which adds every position's value alike whatever the input);
+    prompt_mass    the attention weight those queries put on the prompt positions (mean over inputs, heads, queries);
+    prompt_spread  its standard deviation across inputs, per head and query, then averaged: 0 means the prompt's
+                   share of every output is the same for every input, so the prompt can only shift outputs alike;
+    bound          the max-norm B of the queries and keys at the prompt positions, in the convention
+                   exp(Q K^T / d_head) of Hu et al. (Q and K carry d_head^(1/4) of the 1/sqrt(d_head) scaling);
+                   layer 1's is the same for every input, deeper layers' depend on the data.
+    """
     backbone = model.backbone
-    hidden_states = backbone.hf_model.base_model(inputs_embeds=model.embed(inputs),
-                                                 output_hidden_states=True).hidden_states
-    head_dim = backbone.config.hidden_size // backbone.config.num_attention_heads
-    bounds = []
-    for layer, hidden in zip(backbone.hf_model.base_model.encoder.layer, hidden_states):
-        prompt = hidden[:, :model.prompt_len]
-        attention = layer.attention.self
-        largest = max(attention.query(prompt).abs().max().item(), attention.key(prompt).abs().max().item())
-        bounds.append(largest * head_dim ** 0.25)
-    return bounds
+    encoder = backbone.hf_model.base_model
+    heads = backbone.config.num_attention_heads
+    head_dim = backbone.config.hidden_size // heads
+    p, n = model.prompt_len, len(inputs)
+    layers = len(encoder.encoder.layer)
+    entropy = torch.zeros(layers, dtype=torch.float64)
+    mass = torch.zeros(layers, heads, inputs.shape[1], dtype=torch.float64)  # summed over inputs, per head and query
+    mass_squared = torch.zeros_like(mass)
+    bound = [0.0] * layers
+    for start in range(0, n, chunk):
+        batch = inputs[start:start + chunk]
+        hidden_states = encoder(inputs_embeds=model.embed(batch), output_hidden_states=True).hidden_states
+        for index, (layer, hidden) in enumerate(zip(encoder.encoder.layer, hidden_states)):
+            attention = layer.attention.self
+            query, key = (projection(hidden.float()).unflatten(-1, (heads, head_dim)).transpose(1, 2)
+                          for projection in (attention.query, attention.key))  # (B, H, p + N, d_head)
+            weights = torch.softmax(query @ key.transpose(-2, -1) / head_dim ** 0.5, dim=-1)[:, :, p:]
+            plogp = weights * weights.clamp_min(1e-30).log()
+            entropy[index] += (-plogp.sum(-1) / math.log(weights.shape[-1])).mean((1, 2)).sum().cpu()
+            on_prompt = weights[..., :p].sum(-1).double().cpu()  # (B, H, N)
+            mass[index] += on_prompt.sum(0)
+            mass_squared[index] += on_prompt.square().sum(0)
+            largest = max(query[:, :, :p].abs().max().item(), key[:, :, :p].abs().max().item())
+            bound[index] = max(bound[index], largest * head_dim ** 0.25)
+    mean = mass / n
+    spread = (mass_squared / n - mean.square()).clamp_min(0).sqrt()
+    return {"entropy": (entropy / n).tolist(), "prompt_mass": mean.mean((1, 2)).tolist(),
+            "prompt_spread": spread.mean((1, 2)).tolist(), "bound": bound}
 
 
 def required_degrees(errors: pd.DataFrame) -> pd.DataFrame:

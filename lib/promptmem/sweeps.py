@@ -23,6 +23,7 @@ import transformers
 from tqdm.auto import tqdm
 
 from . import backbones, data, spectra
+from .attention import prompt_attention_statistics
 from .model import PROMPT_INITS, SoftPromptModel
 from .training import PRECISIONS, TrainResult, default_device, train
 
@@ -30,7 +31,12 @@ METHODS = ("prompt", "scratch")  # soft prompt on a frozen backbone | all weight
 # Text columns of a results row beside the config's own: read back as text, as pandas would turn an all-digit
 # config_id into an int (and the config's labels "true" into a bool).
 RESULT_TEXT_COLUMNS = ("config_id", "status", "precision_used", "device", "torch_version", "transformers_version",
-                       "initial_prompt_singular_values", "prompt_singular_values", "prompt_update_singular_values")
+                       "initial_prompt_singular_values", "prompt_singular_values", "prompt_update_singular_values",
+                       "evaluations", "attention_entropy", "prompt_attention_mass", "prompt_attention_spread",
+                       "prompt_qk_bound")
+# Per-layer attention statistics of a trained prompt (see attention.prompt_attention_statistics), as JSON lists
+ATTENTION_COLUMNS = {"entropy": "attention_entropy", "prompt_mass": "prompt_attention_mass",
+                     "prompt_spread": "prompt_attention_spread", "bound": "prompt_qk_bound"}
 
 
 @dataclass(frozen=True)
@@ -49,6 +55,11 @@ class RunConfig:
     rank: int | None = None  # dataset 'low_rank' only: the dimension the input tokens span
     method: str = "prompt"
     architecture: str = "roberta"  # the frozen backbone: "roberta" (encoder) or "gpt2" (causal decoder)
+    # A pretrained checkpoint's architecture (hub name; `checkpoint_base` fills the shape fields from it) with
+    # weights "pretrained", "shuffled" (permuted within each tensor) or "random" (drawn afresh at init_scale);
+    # None: the random backbone the shape fields describe.
+    model_name: str | None = None
+    weights: str | None = None
     generation_steps: int | None = None  # causal models: K continuous tokens generated before the readout
     num_layers: int = backbones.ENCODER_2X512["num_layers"]
     hidden_size: int = backbones.ENCODER_2X512["hidden_size"]
@@ -65,6 +76,8 @@ class RunConfig:
     seed: int = 0  # draws the data sample, the random labels and the initial prompt
     early_stop: bool = True
     precision: str = "auto"
+    test_n: int | None = None  # held-out pairs from the dataset's test split (text datasets, true labels)
+    eval_every: int | None = None  # evaluate train and test accuracy every k epochs (the curves over epochs)
 
     @property
     def config_id(self) -> str:
@@ -79,7 +92,8 @@ class RunConfig:
                 raise ValueError(f"{name} must be one of {tuple(allowed)}, got {getattr(self, name)!r}")
 
         choice("method", METHODS)
-        choice("architecture", backbones.ARCHITECTURES)
+        if self.model_name is None:
+            choice("architecture", backbones.ARCHITECTURES)
         choice("dataset", data.DATASET_NAMES)
         choice("labels", ("random",) if self.dataset == "random_tokens" else data.LABEL_KINDS)
         choice("prompt_init", PROMPT_INITS)
@@ -98,7 +112,7 @@ class RunConfig:
                              f"it, got generation_steps={steps!r} with architecture {self.architecture!r}")
         if steps is not None and (not isinstance(steps, int) or steps < 0 or (steps and self.method != "prompt")):
             raise ValueError(f"generation_steps must be an integer >= 0 (0 for method 'scratch'), got {steps!r}")
-        positions = backbones.MAX_SEQUENCE_LENGTH[self.architecture]
+        positions = backbones.MAX_SEQUENCE_LENGTH.get(self.architecture, 512)
         if self.seq_len + self.prompt_len + (steps or 0) > positions:
             raise ValueError(f"seq_len + prompt_len + generation_steps (N + p + K) must be at most {positions}, the "
                              f"backbone's positions; got {self.seq_len} + {self.prompt_len} + {steps or 0}")
@@ -117,10 +131,55 @@ class RunConfig:
             raise ValueError(f"rank must be an integer in [1, hidden_size={self.hidden_size}], got {self.rank!r}")
         if self.compact_vocab and (self.method != "scratch" or self.dataset == "low_rank"):
             raise ValueError("compact_vocab is for method 'scratch' on token data only")
+        for name in ("test_n", "eval_every"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+                raise ValueError(f"{name} must be None or an integer >= 1, got {value!r}")
+        if self.test_n is not None and (self.dataset not in data.TEXT_DATASETS or self.labels != "true"):
+            raise ValueError(f"test_n is for text datasets {tuple(data.TEXT_DATASETS)} with true labels, got dataset "
+                             f"{self.dataset!r} with labels {self.labels!r}")
+        self._validate_checkpoint()
         if self.dataset in data.TEXT_DATASETS:
             available = len(data.load_split(self.dataset, "train"))
             if self.n > available:
                 raise ValueError(f"n must be at most {available} (the size of {self.dataset}/train), got {self.n}")
+            test_split = data.TEXT_DATASETS[self.dataset][2][1]
+            available = len(data.load_split(self.dataset, test_split))
+            if self.test_n is not None and self.test_n > available:
+                raise ValueError(f"test_n must be at most {available} (the size of {self.dataset}/{test_split}), "
+                                 f"got {self.test_n}")
+
+    def _validate_checkpoint(self) -> None:
+        if (self.model_name is None) != (self.weights is None):
+            raise ValueError(f"model_name and weights go together (weights one of {backbones.WEIGHT_KINDS}), got "
+                             f"model_name={self.model_name!r} with weights={self.weights!r}")
+        if self.model_name is None:
+            return
+        if self.weights not in backbones.WEIGHT_KINDS:
+            raise ValueError(f"weights must be one of {backbones.WEIGHT_KINDS}, got {self.weights!r}")
+        if self.method != "prompt" or self.dataset not in data.TEXT_DATASETS:
+            raise ValueError(f"a model_name backbone is for method 'prompt' on the text datasets "
+                             f"{tuple(data.TEXT_DATASETS)}, got method {self.method!r} on {self.dataset!r}")
+        expected = checkpoint_base(self, self.model_name, self.weights)
+        different = {name: (getattr(self, name), getattr(expected, name)) for name in _CHECKPOINT_FIELDS
+                     if getattr(self, name) != getattr(expected, name)}
+        if different:
+            raise ValueError(f"the fields {different} ((given, checkpoint's)) differ from the checkpoint "
+                             f"{self.model_name}: build the config with checkpoint_base")
+
+
+_CHECKPOINT_FIELDS = ("architecture", "num_layers", "hidden_size", "num_heads", "ffn_size")
+
+
+def checkpoint_base(base: RunConfig, model_name: str, weights: str) -> RunConfig:
+    """`base` on the architecture of a pretrained checkpoint: its shape fields read from the checkpoint's config, and
+    for pretrained or shuffled weights the init scale set to the checkpoint's (that of the new task head alone)."""
+    config = backbones.checkpoint_config(model_name)
+    shape = dict(architecture=config.model_type, num_layers=config.num_hidden_layers, hidden_size=config.hidden_size,
+                 num_heads=config.num_attention_heads, ffn_size=config.intermediate_size)
+    if weights != "random":
+        shape["init_scale"] = config.initializer_range
+    return dataclasses.replace(base, model_name=model_name, weights=weights, **shape)
 
 
 def grid(base: RunConfig, **axes) -> list[RunConfig]:
@@ -140,22 +199,47 @@ def _frozen_backbone(**arguments) -> backbones.Backbone:
     return backbones.random_backbone(**arguments)
 
 
+@functools.lru_cache(maxsize=4)
+def _frozen_checkpoint(model_name: str, weights: str, init_scale: float | None, seed: int) -> backbones.Backbone:
+    return backbones.pretrained_backbone(model_name, weights=weights, init_scale=init_scale, seed=seed)
+
+
 def backbone_for(config: RunConfig) -> backbones.Backbone:
-    """The frozen random backbone a prompt config tunes; shared by every run of a sweep, as nothing trains it."""
+    """The frozen backbone a prompt config tunes; shared by every run of a sweep, as nothing trains it."""
+    if config.model_name is not None:
+        return _frozen_checkpoint(config.model_name, config.weights,
+                                  config.init_scale if config.weights == "random" else None, config.backbone_seed)
     return _frozen_backbone(**_backbone_arguments(config))
 
 
 @functools.lru_cache(maxsize=16)
-def _dataset(dataset, n, seq_len, seed, labels, **synthetic) -> data.PairData:
-    return data.make_dataset(dataset, n, seq_len, seed=seed, labels=labels, **synthetic)
+def _dataset(dataset, n, seq_len, seed, labels, **options) -> data.PairData:
+    return data.make_dataset(dataset, n, seq_len, seed=seed, labels=labels, **options)
+
+
+def _tokenizer_source(config: RunConfig) -> str | None:
+    return None if config.model_name is None else backbones.checkpoint_source(config.model_name)
 
 
 def data_for(config: RunConfig) -> data.PairData:
-    """The pairs a config memorizes. Low-rank tokens get the std of the random word embeddings (init_scale), as
-    real tokens have."""
-    synthetic = dict(rank=config.rank, width=config.hidden_size, scale=config.init_scale) \
-        if config.dataset == "low_rank" else {}
-    return _dataset(config.dataset, config.n, config.seq_len, config.seed, config.labels, **synthetic)
+    """The pairs a config memorizes, cut by the backbone's tokenizer. Low-rank tokens get the std of the random word
+    embeddings (init_scale), as real tokens have."""
+    options = dict(rank=config.rank, width=config.hidden_size, scale=config.init_scale) \
+        if config.dataset == "low_rank" else dict(tokenizer=_tokenizer_source(config))
+    return _dataset(config.dataset, config.n, config.seq_len, config.seed, config.labels, **options)
+
+
+@functools.lru_cache(maxsize=16)
+def _held_out(dataset, test_n, seq_len, seed, tokenizer, train_n) -> data.PairData:
+    train_inputs = _dataset(dataset, train_n, seq_len, seed, "true", tokenizer=tokenizer).inputs
+    return data.held_out_texts(dataset, test_n, seq_len, train_inputs, seed=seed, tokenizer=tokenizer)
+
+
+def test_data_for(config: RunConfig) -> data.PairData | None:
+    """The config's held-out pairs (None without test_n): none of them equals one of its training inputs."""
+    if config.test_n is None:
+        return None
+    return _held_out(config.dataset, config.test_n, config.seq_len, config.seed, _tokenizer_source(config), config.n)
 
 
 def build_model(config: RunConfig) -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor]:
@@ -187,9 +271,12 @@ def train_config(config: RunConfig, device: torch.device | None = None, progress
     config.validate()
     model, inputs, labels = build_model(config)
     initial_prompt = model.prompt.detach().clone() if config.method == "prompt" else None
+    held_out = test_data_for(config)
     result = train(model, inputs, labels, epochs=config.epochs, lr=config.lr, batch_size=config.batch_size,
                    weight_decay=config.weight_decay, early_stop=config.early_stop, precision=config.precision,
-                   device=device or default_device(), seed=config.seed, progress=progress, **checkpointing)
+                   device=device or default_device(), seed=config.seed, progress=progress,
+                   test_data=None if held_out is None else (held_out.inputs, held_out.labels),
+                   eval_every=config.eval_every, **checkpointing)
     return model, initial_prompt, result
 
 
@@ -224,9 +311,21 @@ def run_config(config: RunConfig, device: torch.device | None = None, progress: 
         "status": result.status, "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
         "precision_used": result.precision, "device": device_name(device), "torch_version": torch.__version__,
         "transformers_version": transformers.__version__, "seconds": round(result.seconds, 3),
+        "test_accuracy": result.test_accuracy,
+        "evaluations": json.dumps(result.evaluations) if config.eval_every is not None else "",
         # singular values of the prompt before and after training and of the change, as JSON lists ('[]' for scratch)
         **_prompt_spectra(initial_prompt, model.prompt.detach() if initial_prompt is not None else None),
+        **_attention_columns(config, model),
     }
+
+
+def _attention_columns(config: RunConfig, model) -> dict:
+    """The trained prompt's attention statistics per layer, as JSON lists ('' for scratch runs and causal models)."""
+    if config.method != "prompt" or model.backbone.is_causal:
+        return {column: "" for column in ATTENTION_COLUMNS.values()}
+    statistics = prompt_attention_statistics(model, data_for(config).inputs.to(model.prompt.device))
+    return {column: json.dumps([float(f"{value:.6g}") for value in statistics[name]])
+            for name, column in ATTENTION_COLUMNS.items()}
 
 
 def _prompt_spectra(initial: torch.Tensor | None, trained: torch.Tensor | None) -> dict:
@@ -245,7 +344,7 @@ def _column_types() -> dict:
     """Read types from RunConfig's field types: its text fields as text, its optional ints as nullable ints."""
     types = {name: str for name in RESULT_TEXT_COLUMNS}
     for field in dataclasses.fields(RunConfig):
-        if field.type == "str":
+        if field.type in ("str", "str | None"):
             types[field.name] = str
         elif field.type == "int | None":
             types[field.name] = "Int64"
@@ -333,6 +432,14 @@ def min_prompt_length(results: pd.DataFrame, by: list[str], target: float = 1.0)
     return pd.DataFrame(rows)
 
 
+def evaluation_curves(rows: pd.DataFrame, keep: list[str]) -> pd.DataFrame:
+    """The accuracy curves of runs with `eval_every`: one row per run and evaluated epoch (columns epoch,
+    train_accuracy, test_accuracy), with the run's columns `keep` beside them."""
+    runs = rows.to_dict("records")
+    return pd.concat([pd.DataFrame(json.loads(run["evaluations"])).assign(**{name: run[name] for name in keep})
+                      for run in runs], ignore_index=True)
+
+
 def shortest_memorizing(results: pd.DataFrame, target: float = 1.0, **match) -> pd.DataFrame:
     """Per n, the prompt run of the shortest prompt reaching `target`, among the rows whose columns equal `match`."""
     rows = results[(results["method"] == "prompt") & (results["final_accuracy"] >= target - 1e-9)]
@@ -344,13 +451,11 @@ def shortest_memorizing(results: pd.DataFrame, target: float = 1.0, **match) -> 
 def trained_prompt_bounds(rows: pd.DataFrame, device: torch.device | None = None) -> pd.DataFrame:
     """Train the configs of finished rows again (runs are deterministic on the CPU, so this gives their prompts
     back) and measure, per layer, the max-norm bound B of the prompts' queries and keys (see `attention`)."""
-    from .attention import prompt_query_key_bounds
-
     measured = []
     for row in rows.to_dict("records"):
         config = config_from_row(row)
         model, _, result = train_config(config, device or torch.device("cpu"))
-        bounds = prompt_query_key_bounds(model, data_for(config).inputs.to(model.prompt.device))
+        bounds = prompt_attention_statistics(model, data_for(config).inputs.to(model.prompt.device))["bound"]
         measured += [{"config_id": config.config_id, "dataset": config.dataset, "labels": config.labels, "n": config.n,
                       "prompt_len": config.prompt_len, "length": config.prompt_len + config.seq_len, "layer": layer,
                       "bound": bound, "accuracy_again": result.final_accuracy}

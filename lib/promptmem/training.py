@@ -1,7 +1,8 @@
 """The training step: AdamW on whatever requires grad (the prompt, for a soft-prompt model), full batch or
 minibatches, mixed precision chosen by the GPU's compute capability, optional early stop at 100% memorization.
 
-Memorization accuracy is the fraction of the n training pairs whose arg-max prediction equals its label.
+Memorization accuracy is the fraction of the n training pairs whose arg-max prediction equals its label; test
+accuracy the same fraction on held-out pairs, when a run is given some.
 """
 
 from __future__ import annotations
@@ -45,6 +46,9 @@ class TrainResult:
     precision: str
     seconds: float
     history: dict = field(default_factory=lambda: {"epoch": [], "loss": [], "accuracy": []})
+    test_accuracy: float = float("nan")  # on the held-out pairs after training (NaN without them)
+    # clean evaluations every `eval_every` epochs (epoch 0 = before training): train and test accuracy
+    evaluations: dict = field(default_factory=lambda: {"epoch": [], "train_accuracy": [], "test_accuracy": []})
 
 
 def _autocast(device: torch.device, precision: str):
@@ -73,8 +77,12 @@ def train(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, *, epoch
           batch_size: int | None = None, weight_decay: float = 0.01, early_stop: bool = True,
           precision: str = "auto", device: torch.device | str | None = None, seed: int = 0,
           progress: bool = True, checkpoint: str | os.PathLike | None = None,
-          checkpoint_every: int = 100) -> TrainResult:
+          checkpoint_every: int = 100, test_data: tuple[torch.Tensor, torch.Tensor] | None = None,
+          eval_every: int | None = None) -> TrainResult:
     """Train the parameters of `model` that require grad; `batch_size=None` means full batch.
+
+    `test_data` (inputs, labels) are held-out pairs, evaluated after training; with `eval_every` = k, the train and
+    test accuracy are evaluated cleanly before training and every k epochs (the accuracy curves over epochs).
 
     The accuracy logged per epoch is measured on the forward pass of the step itself: exact for the parameters
     before the step with a full batch, a running estimate with minibatches. Early stop (full batch: when that
@@ -100,11 +108,18 @@ def train(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, *, epoch
         raise ValueError("the model has no parameter that requires grad: nothing to train")
     if not isinstance(checkpoint_every, int) or checkpoint_every < 1:
         raise ValueError(f"checkpoint_every must be an integer >= 1, got {checkpoint_every!r}")
+    if eval_every is not None and (not isinstance(eval_every, int) or isinstance(eval_every, bool) or eval_every < 1):
+        raise ValueError(f"eval_every must be None or an integer >= 1, got {eval_every!r}")
+    if test_data is not None and (len(test_data) != 2 or len(test_data[0]) != len(test_data[1])
+                                  or len(test_data[1]) == 0):
+        raise ValueError("test_data must be a pair (inputs, labels) of the same number (>= 1) of examples")
 
     device = torch.device(device) if device is not None else default_device()
     precision = select_precision(device) if precision == "auto" else precision
     model.to(device)
     inputs, labels = inputs.to(device), labels.to(device)
+    if test_data is not None:
+        test_data = (test_data[0].to(device), test_data[1].to(device))
     n = len(labels)
     batch_size = min(batch_size or n, n)
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=device.type == "cuda")
@@ -116,6 +131,17 @@ def train(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, *, epoch
         result.seconds = _load_checkpoint(checkpoint, model, optimizer, scaler, generator, result)
     start_time = time.perf_counter() - result.seconds
 
+    def record_evaluation():
+        if result.evaluations["epoch"][-1:] == [result.epochs]:
+            return  # already evaluated at this epoch
+        result.evaluations["epoch"].append(result.epochs)
+        result.evaluations["train_accuracy"].append(
+            evaluate(model, inputs, labels, precision=precision, batch_size=batch_size)[0])
+        result.evaluations["test_accuracy"].append(float("nan") if test_data is None else evaluate(
+            model, *test_data, precision=precision, batch_size=batch_size)[0])
+
+    if eval_every is not None and result.epochs == 0:
+        record_evaluation()
     bar = tqdm(range(result.epochs, epochs), desc="epochs", disable=not progress, leave=False, initial=result.epochs,
                total=epochs)
     for epoch in bar:
@@ -149,6 +175,8 @@ def train(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, *, epoch
                 model, inputs, labels, precision=precision, batch_size=batch_size)[0] == 1.0):
             result.status = "memorized"
             break
+        if eval_every is not None and result.epochs % eval_every == 0:
+            record_evaluation()
         if checkpoint is not None and result.epochs % checkpoint_every == 0 and result.epochs < epochs:
             _save_checkpoint(checkpoint, model, optimizer, scaler, generator, result, time.perf_counter() - start_time)
     bar.close()
@@ -157,8 +185,15 @@ def train(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, *, epoch
 
     result.final_accuracy, result.final_loss = evaluate(model, inputs, labels, precision=precision,
                                                         batch_size=batch_size)
+    if test_data is not None:
+        result.test_accuracy = evaluate(model, *test_data, precision=precision, batch_size=batch_size)[0]
+    if eval_every is not None and result.status != "nonfinite" and result.evaluations["epoch"][-1] != result.epochs:
+        evaluations = result.evaluations  # the last epoch, when it is not a multiple of eval_every
+        evaluations["epoch"].append(result.epochs)
+        evaluations["train_accuracy"].append(result.final_accuracy)
+        evaluations["test_accuracy"].append(result.test_accuracy)
     if result.status == "nonfinite":  # arg-max of NaN logits is no prediction: report no accuracy at all
-        result.final_accuracy = float("nan")
+        result.final_accuracy = result.test_accuracy = float("nan")
     result.seconds = time.perf_counter() - start_time
     return result
 
@@ -167,7 +202,8 @@ def _save_checkpoint(path: Path, model: nn.Module, optimizer, scaler, generator:
                      result: TrainResult, seconds: float) -> None:
     state = {"trainable": {name: p.detach().cpu() for name, p in model.named_parameters() if p.requires_grad},
              "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(), "generator": generator.get_state(),
-             "epochs": result.epochs, "history": result.history, "seconds": seconds}
+             "epochs": result.epochs, "history": result.history, "evaluations": result.evaluations,
+             "seconds": seconds}
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     torch.save(state, temporary)
@@ -187,4 +223,5 @@ def _load_checkpoint(path: Path, model: nn.Module, optimizer, scaler, generator:
     scaler.load_state_dict(state["scaler"])
     generator.set_state(state["generator"])
     result.epochs, result.history = state["epochs"], state["history"]
+    result.evaluations = state.get("evaluations", result.evaluations)  # checkpoints written before eval_every existed
     return state["seconds"]
