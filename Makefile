@@ -1,5 +1,6 @@
 # make reproduce [PROFILE=paper|quick|auto]   execute every notebook (papermill), regenerating figures/ and results/
 # make test                                   unit tests + every notebook under nbval, quick profile
+# make bench                                  the training step against PEFT and the GPU's peak (bench/results/)
 # make lab                                    JupyterLab on the notebooks
 PYTHON     ?= python3
 PROFILE    ?= auto
@@ -14,7 +15,7 @@ STAMP      := $(VENV)/.installed
 NOTEBOOKS  := $(sort $(wildcard notebooks/[0-9]*.ipynb))
 NBTEST     := build/nbtest
 
-.PHONY: reproduce test lab clean $(NOTEBOOKS)
+.PHONY: reproduce test bench lab clean $(NOTEBOOKS)
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -34,6 +35,10 @@ test: $(STAMP)
 	rm -rf $(NBTEST) && mkdir -p $(NBTEST) && cp -r notebooks $(NBTEST)/
 	PROMPTMEM_PROFILE=quick MPLBACKEND=Agg $(BIN)/python -m pytest -p no:cacheprovider tests \
 		$(NBTEST)/notebooks --nbval-lax --nbval-current-env --durations=5
+
+bench: $(STAMP)
+	$(BIN)/python -m pip install -q -e ".[bench]"
+	$(BIN)/python bench/bench_step.py
 
 lab: $(STAMP)
 	$(BIN)/python -m pip install -q -e ".[lab]"

@@ -7,6 +7,7 @@ import signal
 import time
 
 import pandas as pd
+import pytest
 import torch
 
 from promptmem import sweeps
@@ -19,9 +20,9 @@ TRIALS = 20
 FILLER_ROWS = 5000
 
 
-def sweep_in_child(path):
+def sweep_in_child(path, batched):
     torch.set_num_threads(1)
-    run_sweep(CONFIGS, path, progress=False)
+    run_sweep(CONFIGS, path, progress=False, batched=batched)
     os._exit(0)
 
 
@@ -31,13 +32,14 @@ def prefill(path):
     filler.to_csv(path, index=False)
 
 
-def test_sigkill_at_random_moments_loses_and_repeats_nothing(tmp_path, monkeypatch):
+@pytest.mark.parametrize("batched", [False, True], ids=["one at a time", "batched"])
+def test_sigkill_at_random_moments_loses_and_repeats_nothing(tmp_path, monkeypatch, batched):
     context = multiprocessing.get_context("fork")
     rng = random.Random(0)
     path = tmp_path / "results.csv"
     prefill(path)
     started = time.perf_counter()
-    timing = context.Process(target=sweep_in_child, args=(tmp_path / "timing.csv",))
+    timing = context.Process(target=sweep_in_child, args=(tmp_path / "timing.csv", batched))
     timing.start()
     timing.join()
     full_time = time.perf_counter() - started
@@ -45,7 +47,7 @@ def test_sigkill_at_random_moments_loses_and_repeats_nothing(tmp_path, monkeypat
     finished_before = set()
     interrupted_runs = interrupted_writes = 0
     for trial in range(TRIALS):
-        child = context.Process(target=sweep_in_child, args=(path,))
+        child = context.Process(target=sweep_in_child, args=(path, batched))
         child.start()
         time.sleep(rng.uniform(0, full_time))
         os.kill(child.pid, signal.SIGKILL)
@@ -65,11 +67,13 @@ def test_sigkill_at_random_moments_loses_and_repeats_nothing(tmp_path, monkeypat
             frame[~frame.config_id.isin(wanted)].to_csv(path, index=False)
             finished_before = set()
 
+    print(f"{TRIALS} kills ({'batched' if batched else 'one at a time'}): {interrupted_runs} interrupted the sweep, "
+          f"{interrupted_writes} landed inside a results write")
     assert interrupted_runs >= TRIALS // 2 and interrupted_writes >= 1  # the kills did land mid-sweep and mid-write
     ran = []
-    real_run = sweeps.run_config
-    monkeypatch.setattr(sweeps, "run_config", lambda config, *a, **k: ran.append(config) or real_run(config, *a, **k))
-    result = run_sweep(CONFIGS, path, progress=False)
+    real_setup = sweeps._setup  # what both a solo and a batched run build first
+    monkeypatch.setattr(sweeps, "_setup", lambda config: ran.append(config) or real_setup(config))
+    result = run_sweep(CONFIGS, path, progress=False, batched=batched)
     assert {config.config_id for config in ran} == wanted - finished_before  # only the unfinished ones ran
     assert len(result) == len(CONFIGS) and set(result.config_id) == wanted
     assert len(ResultsStore(path).load()) == FILLER_ROWS + len(CONFIGS)

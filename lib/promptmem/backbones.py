@@ -67,10 +67,14 @@ class Backbone(nn.Module):
         self.eval()
 
     @property
+    def position_offset(self) -> int:
+        """The position id of the first token: RoBERTa counts from padding_idx + 1 = 2, BERT and GPT-2 from 0."""
+        return self.config.pad_token_id + 1 if self.config.model_type in ("roberta", "xlm-roberta") else 0
+
+    @property
     def max_sequence_length(self) -> int:
         """The longest prompt + data sequence the position embeddings cover."""
-        offset = self.config.pad_token_id + 1 if self.config.model_type in ("roberta", "xlm-roberta") else 0
-        return self.config.max_position_embeddings - offset
+        return self.config.max_position_embeddings - self.position_offset
 
     @property
     def is_causal(self) -> bool:
@@ -88,9 +92,13 @@ class Backbone(nn.Module):
         """Token ids (B, N) -> word embeddings (B, N, d); float inputs are embeddings already and pass through."""
         return inputs if inputs.is_floating_point() else self.word_embeddings(inputs)
 
-    def encode(self, inputs_embeds: torch.Tensor) -> torch.Tensor:
-        """Embeddings (B, L, d) -> last hidden states (B, L, d); positions and LayerNorm are added inside."""
-        return self.hf_model.base_model(inputs_embeds=inputs_embeds).last_hidden_state
+    def encode(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor | None = None,
+               position_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """Embeddings (B, L, d) -> last hidden states (B, L, d); positions and LayerNorm are added inside. An
+        `attention_mask` (B, L) of 0/1 hides the 0 positions from every query; `position_ids` (B, L) replace the
+        default numbering (batched runs give each row the positions of its solo run)."""
+        return self.hf_model.base_model(inputs_embeds=inputs_embeds, attention_mask=attention_mask,
+                                        position_ids=position_ids).last_hidden_state
 
     def generate(self, inputs_embeds: torch.Tensor, steps: int) -> torch.Tensor:
         """Causal models: run over the embeddings, then generate `steps` continuous tokens, each the last final

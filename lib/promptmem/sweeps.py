@@ -24,8 +24,9 @@ from tqdm.auto import tqdm
 
 from . import backbones, data, spectra
 from .attention import prompt_attention_statistics
+from .batched import Run, train_together
 from .model import PROMPT_INITS, SoftPromptModel
-from .training import PRECISIONS, TrainResult, default_device, train
+from .training import PRECISIONS, TrainResult, default_device, select_precision, train
 
 METHODS = ("prompt", "scratch")  # soft prompt on a frozen backbone | all weights of a fresh model trained
 # Text columns of a results row beside the config's own: read back as text, as pandas would turn an all-digit
@@ -263,20 +264,28 @@ def device_name(device: torch.device) -> str:
     return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
+def _setup(config: RunConfig) -> tuple[torch.nn.Module, torch.Tensor | None, dict]:
+    """The model a config trains, its initial prompt (None for scratch) and its training arguments, data included:
+    the same for a run alone (`training.train`) and in a batch (`batched.Run`)."""
+    config.validate()
+    model, inputs, labels = build_model(config)
+    initial_prompt = model.prompt.detach().clone() if config.method == "prompt" else None
+    held_out = test_data_for(config)
+    arguments = dict(inputs=inputs, labels=labels, epochs=config.epochs, lr=config.lr, batch_size=config.batch_size,
+                     weight_decay=config.weight_decay, early_stop=config.early_stop, seed=config.seed,
+                     test_data=None if held_out is None else (held_out.inputs, held_out.labels),
+                     eval_every=config.eval_every)
+    return model, initial_prompt, arguments
+
+
 def train_config(config: RunConfig, device: torch.device | None = None, progress: bool = False,
                  **checkpointing) -> tuple[torch.nn.Module, torch.Tensor | None, TrainResult]:
     """Build and train one config: (the trained model, its initial prompt or None, the training result). Runs are
     deterministic on the CPU, so training a finished config again gives back its prompt exactly. `checkpointing`:
     `checkpoint` and `checkpoint_every`, as for `train`."""
-    config.validate()
-    model, inputs, labels = build_model(config)
-    initial_prompt = model.prompt.detach().clone() if config.method == "prompt" else None
-    held_out = test_data_for(config)
-    result = train(model, inputs, labels, epochs=config.epochs, lr=config.lr, batch_size=config.batch_size,
-                   weight_decay=config.weight_decay, early_stop=config.early_stop, precision=config.precision,
-                   device=device or default_device(), seed=config.seed, progress=progress,
-                   test_data=None if held_out is None else (held_out.inputs, held_out.labels),
-                   eval_every=config.eval_every, **checkpointing)
+    model, initial_prompt, arguments = _setup(config)
+    result = train(model, **arguments, precision=config.precision, device=device or default_device(),
+                   progress=progress, **checkpointing)
     return model, initial_prompt, result
 
 
@@ -305,6 +314,13 @@ def run_config(config: RunConfig, device: torch.device | None = None, progress: 
     """Train one config and return its results row."""
     device = device or default_device()
     model, initial_prompt, result = train_config(config, device, progress, **checkpointing)
+    return results_row(config, model, initial_prompt, result, device)
+
+
+def results_row(config: RunConfig, model, initial_prompt: torch.Tensor | None, result: TrainResult,
+                device: torch.device) -> dict:
+    """The results row of a trained config: its fields, its metrics, where and how long it ran, and its prompt's
+    spectra and attention statistics."""
     return {
         "config_id": config.config_id, **dataclasses.asdict(config),
         "final_accuracy": result.final_accuracy, "final_loss": result.final_loss, "epochs_run": result.epochs,
@@ -385,29 +401,129 @@ class ResultsStore:
 
 
 def run_sweep(configs: list[RunConfig], results_path: str | os.PathLike, *, recompute: bool = False,
-              device: torch.device | None = None, progress: bool = True,
-              checkpoint_every: int | None = None) -> pd.DataFrame:
+              device: torch.device | None = None, progress: bool = True, checkpoint_every: int | None = None,
+              batched: bool | None = None, tokens_per_pass: int | None = None) -> pd.DataFrame:
     """Run every config not yet in the results file (all of them with `recompute`); return their rows.
 
-    All configs are validated before the first one trains. With `checkpoint_every`, each run saves its state that
-    often into `.<results name>.checkpoints/<config_id>.pt` beside the results file, and a rerun of an interrupted
-    sweep continues the interrupted run from there instead of from epoch 0.
+    All configs are validated before the first one trains. With `batched` (the default on a CUDA GPU), the prompt
+    configs that can share a pass (`shared_pass_key`) train together (`batched.train_together`, which never waits
+    for the host inside an epoch, so a lone encoder run goes there too), in chunks of at most `tokens_per_pass`
+    tokens per pass (default: what the GPU's free memory holds, `default_tokens_per_pass`); each run's row is
+    stored as soon as it ends. Others (causal models, training from scratch) train one at a time. With `checkpoint_every`, each run saves its state that often into
+    `.<results name>.checkpoints/<config_id>.pt` beside the results file, and a rerun of an interrupted sweep
+    continues the interrupted run from there instead of from epoch 0.
     """
     if not isinstance(recompute, bool):
         raise ValueError(f"recompute must be True or False, got {recompute!r}")
+    if batched is not None and not isinstance(batched, bool):
+        raise ValueError(f"batched must be None (on a CUDA GPU only), True or False, got {batched!r}")
+    if tokens_per_pass is not None and (not isinstance(tokens_per_pass, int) or tokens_per_pass < 1):
+        raise ValueError(f"tokens_per_pass must be None or an integer >= 1, got {tokens_per_pass!r}")
     for config in configs:
         config.validate()
+    device = device or default_device()
+    batched = device.type == "cuda" if batched is None else batched
     store = ResultsStore(results_path)
     done = set() if recompute else store.finished_ids()
     todo = [config for config in dict.fromkeys(configs) if config.config_id not in done]
     checkpoints = Path(results_path).parent / f".{Path(results_path).stem}.checkpoints"
-    for config in tqdm(todo, desc=f"{Path(results_path).stem}: {len(todo)} to run", disable=not progress):
-        checkpointing = {} if checkpoint_every is None else dict(
-            checkpoint=checkpoints / f"{config.config_id}.pt", checkpoint_every=checkpoint_every)
-        store.put(run_config(config, device, **checkpointing))
+
+    def checkpointing(config: RunConfig) -> dict:
+        return {} if checkpoint_every is None else dict(checkpoint=checkpoints / f"{config.config_id}.pt",
+                                                        checkpoint_every=checkpoint_every)
+
+    bar = tqdm(total=len(todo), desc=f"{Path(results_path).stem}: {len(todo)} to run", disable=not progress)
+    for group in shared_pass_groups(todo) if batched else [[config] for config in todo]:
+        if shared_pass_key(group[0]) is None or not batched:
+            store.put(run_config(group[0], device, **checkpointing(group[0])))
+            bar.update(1)
+            continue
+        budget = tokens_per_pass or default_tokens_per_pass(group[0], device)
+        chunks = plan_chunks(group, budget)
+        if len(group) > 1:
+            print(f"{len(group)} runs on one backbone (N = {group[0].seq_len}) train together: {len(chunks)} "
+                  f"chunk(s) of {', '.join(str(len(chunk)) for chunk in chunks)} runs, at most {budget} tokens per pass")
+        for chunk in chunks:
+            _train_together(chunk, store, device, checkpointing, bar)
+    bar.close()
     wanted = [config.config_id for config in configs]
     frame = store.load()
     return frame.set_index("config_id").loc[list(dict.fromkeys(wanted))].reset_index()
+
+
+def shared_pass_key(config: RunConfig):
+    """Configs with the same key can train in one pass: prompt runs on the same frozen encoder with the same N and
+    precision (with minibatches also the same n and batch size, so that their steps line up). None: alone."""
+    if config.method != "prompt" or config.architecture == "gpt2":
+        return None
+    backbone = (config.model_name, config.weights, config.init_scale, config.backbone_seed,
+                *(getattr(config, name) for name in _CHECKPOINT_FIELDS))
+    minibatches = (config.n, config.batch_size) if config.batch_size is not None and config.batch_size < config.n \
+        else None
+    return backbone, config.seq_len, config.precision, minibatches
+
+
+def shared_pass_groups(configs: list[RunConfig]) -> list[list[RunConfig]]:
+    """The configs grouped by `shared_pass_key`, in the order of their first config; unbatchable ones alone."""
+    groups: dict = {}
+    for position, config in enumerate(configs):
+        key = shared_pass_key(config)
+        groups.setdefault(("alone", position) if key is None else key, []).append(config)
+    return list(groups.values())
+
+
+def default_tokens_per_pass(config: RunConfig, device: torch.device) -> int:
+    """How many tokens (rows x (p + N)) one training pass may hold. On a GPU: 60% of its free memory over the
+    activation memory of a token in forward and backward, per layer about 34 d + 5 heads L bytes in 16 bits
+    (Korthikanti et al. 2022), twice that in fp32. On the CPU: 2^16."""
+    if device.type != "cuda":
+        return 2 ** 16
+    free_bytes, _ = torch.cuda.mem_get_info(device)
+    length = config.prompt_len + config.seq_len
+    per_token = config.num_layers * (34 * config.hidden_size + 5 * config.num_heads * length)
+    precision = select_precision(device) if config.precision == "auto" else config.precision
+    return int(0.6 * free_bytes / (per_token * (2 if precision == "fp32" else 1)))
+
+
+# A pass pads every prompt to the longest of its chunk: the real tokens must be at least this share of those computed.
+MIN_PASS_EFFICIENCY = 0.75
+
+
+def plan_chunks(group: list[RunConfig], tokens_per_pass: int) -> list[list[RunConfig]]:
+    """The runs of a group, by prompt length, as many per chunk as fit `tokens_per_pass` while padding wastes at most
+    1 - MIN_PASS_EFFICIENCY of the pass (a run larger than the budget goes alone)."""
+    def rows(config):
+        return config.n if config.batch_size is None else min(config.batch_size, config.n)
+
+    def fits(configs):
+        padded = sum(map(rows, configs)) * (max(c.prompt_len for c in configs) + configs[0].seq_len)
+        real = sum(rows(c) * (c.prompt_len + c.seq_len) for c in configs)
+        return padded <= tokens_per_pass and real >= MIN_PASS_EFFICIENCY * padded
+
+    ordered = sorted(group, key=lambda config: config.prompt_len)
+    chunks = [[ordered[0]]]
+    for config in ordered[1:]:
+        if fits(chunks[-1] + [config]):
+            chunks[-1].append(config)
+        else:
+            chunks.append([config])
+    return chunks
+
+
+def _train_together(configs: list[RunConfig], store: ResultsStore, device: torch.device, checkpointing, bar) -> None:
+    """Train configs that share a pass together, storing each run's row as it ends."""
+    models, initial_prompts, runs = [], [], []
+    for config in configs:
+        model, initial_prompt, arguments = _setup(config)
+        models.append(model)
+        initial_prompts.append(initial_prompt)
+        runs.append(Run(model=model, **arguments, **checkpointing(config)))
+
+    def store_row(index: int, result: TrainResult) -> None:
+        store.put(results_row(configs[index], models[index], initial_prompts[index], result, device))
+        bar.update(1)
+
+    train_together(runs, precision=configs[0].precision, device=device, progress=False, on_finish=store_row)
 
 
 def best_setting(results: pd.DataFrame, column: str):

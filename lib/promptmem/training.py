@@ -18,6 +18,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from .model import SoftPromptModel
+
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
@@ -51,7 +53,7 @@ class TrainResult:
     evaluations: dict = field(default_factory=lambda: {"epoch": [], "train_accuracy": [], "test_accuracy": []})
 
 
-def _autocast(device: torch.device, precision: str):
+def autocast(device: torch.device, precision: str):
     if precision == "fp32":
         return contextlib.nullcontext()
     return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
@@ -64,13 +66,36 @@ def evaluate(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, *, pr
     device = labels.device
     batch_size = batch_size or len(labels)
     correct, loss_sum = 0, 0.0
-    with _autocast(device, precision):
+    with autocast(device, precision):
         for start in range(0, len(labels), batch_size):
             logits = model(inputs[start:start + batch_size]).float()
             target = labels[start:start + batch_size]
             loss_sum += nn.functional.cross_entropy(logits, target, reduction="sum").item()
             correct += (logits.argmax(-1) == target).sum().item()
     return correct / len(labels), loss_sum / len(labels)
+
+
+def check_arguments(*, epochs, lr, batch_size, precision, inputs, labels, checkpoint_every, eval_every,
+                    test_data) -> None:
+    """Raise a ValueError naming the first bad training argument and what it allows."""
+    if not isinstance(epochs, int) or epochs < 1:
+        raise ValueError(f"epochs must be an integer >= 1, got {epochs!r}")
+    if not (isinstance(lr, (int, float)) and 0 < lr < 10):
+        raise ValueError(f"lr must be a number in (0, 10), got {lr!r}")
+    if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
+        raise ValueError(f"batch_size must be None (full batch) or an integer >= 1, got {batch_size!r}")
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if len(inputs) != len(labels) or len(labels) == 0:
+        raise ValueError(f"inputs and labels must hold the same number (>= 1) of examples, "
+                         f"got {len(inputs)} and {len(labels)}")
+    if not isinstance(checkpoint_every, int) or checkpoint_every < 1:
+        raise ValueError(f"checkpoint_every must be an integer >= 1, got {checkpoint_every!r}")
+    if eval_every is not None and (not isinstance(eval_every, int) or isinstance(eval_every, bool) or eval_every < 1):
+        raise ValueError(f"eval_every must be None or an integer >= 1, got {eval_every!r}")
+    if test_data is not None and (len(test_data) != 2 or len(test_data[0]) != len(test_data[1])
+                                  or len(test_data[1]) == 0):
+        raise ValueError("test_data must be a pair (inputs, labels) of the same number (>= 1) of examples")
 
 
 def train(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, *, epochs: int, lr: float,
@@ -92,27 +117,11 @@ def train(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, *, epoch
     and the history are saved every `checkpoint_every` epochs, and a run that finds the file continues from it: an
     interrupted run ends where an uninterrupted one would. The file is removed when the run ends.
     """
-    if not isinstance(epochs, int) or epochs < 1:
-        raise ValueError(f"epochs must be an integer >= 1, got {epochs!r}")
-    if not (isinstance(lr, (int, float)) and 0 < lr < 10):
-        raise ValueError(f"lr must be a number in (0, 10), got {lr!r}")
-    if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
-        raise ValueError(f"batch_size must be None (full batch) or an integer >= 1, got {batch_size!r}")
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-    if len(inputs) != len(labels) or len(labels) == 0:
-        raise ValueError(f"inputs and labels must hold the same number (>= 1) of examples, "
-                         f"got {len(inputs)} and {len(labels)}")
+    check_arguments(epochs=epochs, lr=lr, batch_size=batch_size, precision=precision, inputs=inputs, labels=labels,
+                    checkpoint_every=checkpoint_every, eval_every=eval_every, test_data=test_data)
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError("the model has no parameter that requires grad: nothing to train")
-    if not isinstance(checkpoint_every, int) or checkpoint_every < 1:
-        raise ValueError(f"checkpoint_every must be an integer >= 1, got {checkpoint_every!r}")
-    if eval_every is not None and (not isinstance(eval_every, int) or isinstance(eval_every, bool) or eval_every < 1):
-        raise ValueError(f"eval_every must be None or an integer >= 1, got {eval_every!r}")
-    if test_data is not None and (len(test_data) != 2 or len(test_data[0]) != len(test_data[1])
-                                  or len(test_data[1]) == 0):
-        raise ValueError("test_data must be a pair (inputs, labels) of the same number (>= 1) of examples")
 
     device = torch.device(device) if device is not None else default_device()
     precision = select_precision(device) if precision == "auto" else precision
@@ -120,6 +129,10 @@ def train(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, *, epoch
     inputs, labels = inputs.to(device), labels.to(device)
     if test_data is not None:
         test_data = (test_data[0].to(device), test_data[1].to(device))
+    if isinstance(model, SoftPromptModel):  # the frozen data's token embeddings, looked up once, not every step
+        with torch.no_grad():
+            inputs = model.backbone.embed_tokens(inputs)
+            test_data = None if test_data is None else (model.backbone.embed_tokens(test_data[0]), test_data[1])
     n = len(labels)
     batch_size = min(batch_size or n, n)
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=device.type == "cuda")
@@ -128,7 +141,7 @@ def train(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, *, epoch
     result = TrainResult(float("nan"), float("nan"), 0, "completed", precision, 0.0)
     checkpoint = Path(checkpoint) if checkpoint is not None else None
     if checkpoint is not None and checkpoint.exists():
-        result.seconds = _load_checkpoint(checkpoint, model, optimizer, scaler, generator, result)
+        result.seconds = load_checkpoint(checkpoint, model, optimizer, scaler, generator, result)
     start_time = time.perf_counter() - result.seconds
 
     def record_evaluation():
@@ -150,7 +163,7 @@ def train(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, *, epoch
         correct = torch.zeros((), device=device, dtype=torch.long)
         for start in range(0, n, batch_size):
             rows = order[start:start + batch_size] if order is not None else slice(None)
-            with _autocast(device, precision):
+            with autocast(device, precision):
                 logits = model(inputs[rows]).float()
             target = labels[rows]
             loss = nn.functional.cross_entropy(logits, target)
@@ -178,7 +191,7 @@ def train(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, *, epoch
         if eval_every is not None and result.epochs % eval_every == 0:
             record_evaluation()
         if checkpoint is not None and result.epochs % checkpoint_every == 0 and result.epochs < epochs:
-            _save_checkpoint(checkpoint, model, optimizer, scaler, generator, result, time.perf_counter() - start_time)
+            save_checkpoint(checkpoint, model, optimizer, scaler, generator, result, time.perf_counter() - start_time)
     bar.close()
     if checkpoint is not None:
         checkpoint.unlink(missing_ok=True)
@@ -198,7 +211,7 @@ def train(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, *, epoch
     return result
 
 
-def _save_checkpoint(path: Path, model: nn.Module, optimizer, scaler, generator: torch.Generator,
+def save_checkpoint(path: Path, model: nn.Module, optimizer, scaler, generator: torch.Generator,
                      result: TrainResult, seconds: float) -> None:
     state = {"trainable": {name: p.detach().cpu() for name, p in model.named_parameters() if p.requires_grad},
              "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(), "generator": generator.get_state(),
@@ -210,7 +223,7 @@ def _save_checkpoint(path: Path, model: nn.Module, optimizer, scaler, generator:
     os.replace(temporary, path)  # a crash mid-save leaves the previous checkpoint intact
 
 
-def _load_checkpoint(path: Path, model: nn.Module, optimizer, scaler, generator: torch.Generator,
+def load_checkpoint(path: Path, model: nn.Module, optimizer, scaler, generator: torch.Generator,
                      result: TrainResult) -> float:
     state = torch.load(path, weights_only=True)
     trainable = dict(model.named_parameters())

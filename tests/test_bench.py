@@ -1,0 +1,40 @@
+"""The benchmark runs end to end on tiny shapes and reports; its FLOP count is PyTorch's. (It asserts no speed:
+speed is measured by `make bench`, never in a unit test.)"""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils.flop_counter import FlopCounterMode
+
+from promptmem.backbones import random_backbone
+from promptmem.model import SoftPromptModel
+
+spec = importlib.util.spec_from_file_location("bench_step", Path(__file__).parents[1] / "bench" / "bench_step.py")
+bench = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(bench)
+
+
+def test_the_step_flops_are_what_pytorch_counts():
+    shape = dict(num_layers=2, hidden_size=64, num_heads=4, ffn_size=256)
+    n, prompt_len, seq_len = 6, 8, 8
+    model = SoftPromptModel(random_backbone(vocab_size=100, **shape), prompt_len)
+    inputs = torch.randint(4, 100, (n, seq_len))
+    # the math attention backend, whose matmuls PyTorch's counter sees (it has no formula for the CPU flash kernel)
+    with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
+        torch.nn.functional.cross_entropy(model(inputs), torch.zeros(n, dtype=torch.long)).backward()
+    d = shape["hidden_size"]
+    head = 2 * 2 * n * (d * d + 2 * d)  # the classification head (dense d x d, out d x 2), forward and to the input
+    assert counter.get_total_flops() == bench.step_flops(shape, n, prompt_len + seq_len) + head
+
+
+def test_the_benchmark_runs_and_writes_its_report(tmp_path):
+    report = bench.main(["--smoke", "--out", str(tmp_path)])
+    written = json.loads(next(tmp_path.glob("*.json")).read_text())
+    assert written == json.loads(json.dumps(report))
+    assert written["smoke"] and written["peak_matmul_tflops"] > 0 and written["peft"]
+    step = written["steps"][0]
+    assert step["peft_ms"] > 0 and step["library_ms"] > 0 and step["step_tflop"] > 0
+    assert written["sweep"]["configs"] == 4 and written["sweep"]["one_at_a_time_s"] > 0
