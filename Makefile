@@ -1,4 +1,5 @@
 # make reproduce [PROFILE=paper|quick|auto]   execute every notebook (papermill), regenerating figures/ and results/
+# make figures                                re-plot every figure from results/ (no training), as it was made
 # make test                                   unit tests + every notebook under nbval, quick profile
 # make bench                                  the training step against PEFT and the GPU's peak (bench/results/)
 # make lab                                    JupyterLab on the notebooks
@@ -15,7 +16,7 @@ STAMP      := $(VENV)/.installed
 NOTEBOOKS  := $(sort $(wildcard notebooks/[0-9]*.ipynb))
 NBTEST     := build/nbtest
 
-.PHONY: reproduce test bench lab clean $(NOTEBOOKS)
+.PHONY: reproduce figures test bench lab clean $(NOTEBOOKS)
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -26,9 +27,20 @@ $(STAMP): pyproject.toml Makefile
 
 reproduce: $(NOTEBOOKS)
 
-# Each notebook runs in place from notebooks/, so its outputs are the committed record of the run.
+# Each notebook runs in place from notebooks/, so its outputs are the committed record of the run; where, how and
+# how long it ran goes to figures/provenance.json, and run-to-run noise (timestamps, widget state) is stripped.
 $(NOTEBOOKS): $(STAMP)
 	$(BIN)/python -m papermill --cwd notebooks --kernel python3 -p profile $(PROFILE) $@ $@
+	$(BIN)/python -m promptmem.provenance record $@ --profile $(PROFILE)
+	$(BIN)/python -m promptmem.provenance strip $@
+
+# Every figure again from results/ alone, in the profile it was made in: nothing trains or is measured anew.
+figures: $(STAMP)
+	for notebook in $(NOTEBOOKS); do \
+		PROMPTMEM_REPLOT=1 $(BIN)/python -m papermill --cwd notebooks --kernel python3 -p profile \
+			$$($(BIN)/python -m promptmem.provenance profile $$notebook) $$notebook $$notebook \
+		&& $(BIN)/python -m promptmem.provenance strip $$notebook || exit 1; \
+	done
 
 # The notebooks run from a copy, so their results and figures land in build/ and never touch the committed ones.
 test: $(STAMP)

@@ -38,3 +38,18 @@ def test_the_benchmark_runs_and_writes_its_report(tmp_path):
     step = written["steps"][0]
     assert step["peft_ms"] > 0 and step["library_ms"] > 0 and step["step_tflop"] > 0
     assert written["sweep"]["configs"] == 4 and written["sweep"]["one_at_a_time_s"] > 0
+
+
+def test_the_paper_cost_counts_every_training_notebook(capsys):
+    spec = importlib.util.spec_from_file_location("paper_cost", Path(__file__).parents[1] / "bench" / "paper_cost.py")
+    paper_cost = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(paper_cost)
+    configs = paper_cost.paper_configs()
+    assert set(configs) == {"01_memorization_curves", "02_generation_tradeoff", "03_low_rank_structure",
+                            "04_initialization_effect"}
+    assert len(configs["04_initialization_effect"]) == 108  # (2 + 8 + 8 backbones) x 3 seeds x 2 prompt lengths
+    one = configs["01_memorization_curves"][0]
+    assert paper_cost.run_flops(one) == one.epochs * bench.step_flops(
+        dict(num_layers=2, hidden_size=512, ffn_size=2048), one.n, one.prompt_len + one.seq_len)
+    paper_cost.main([])
+    assert capsys.readouterr().out.count("| 0") == 4  # a table row per notebook

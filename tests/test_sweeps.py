@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from promptmem import sweeps
+from promptmem.attention import prompt_attention_statistics
 from promptmem.sweeps import ResultsStore, RunConfig, best_setting, grid, min_prompt_length, run_sweep
 from tests.conftest import interrupt_at_call, requires_local_data
 
@@ -189,13 +190,39 @@ def test_shortest_memorizing_run_per_n(tmp_path):
     assert sweeps.read_results(tmp_path, "99_missing") is None
 
 
-def test_trained_prompt_bounds_come_from_the_rows_runs(tmp_path):
+def test_prompt_bounds_are_those_of_the_rows_prompts(tmp_path):
     rows = run_sweep(grid(TINY, prompt_len=[2, 3]), tmp_path / "r.csv", progress=False)
-    bounds = sweeps.trained_prompt_bounds(rows)
+    bounds = sweeps.prompt_bounds(rows)
     assert len(bounds) == 2 * TINY.num_layers and (bounds.bound > 0).all()
-    assert bounds.accuracy_again.tolist() == [a for a in rows.final_accuracy for _ in range(TINY.num_layers)]
+    model, _, _ = sweeps.train_config(sweeps.config_from_row(rows.iloc[1]))  # deterministic: the row's prompt again
+    again = prompt_attention_statistics(model, sweeps.data_for(TINY).inputs)["bound"]
+    assert bounds[bounds.prompt_len == 3].bound.tolist() == pytest.approx(again, rel=1e-5)
 
 
+def test_a_replot_trains_nothing_and_measures_nothing(tmp_path, monkeypatch, counted_runs):
+    run_sweep([TINY], tmp_path / "r.csv", progress=False)
+    monkeypatch.setenv(sweeps.REPLOT_ENV, "1")
+    assert len(run_sweep([TINY], tmp_path / "r.csv", progress=False)) == 1  # finished: read back
+    with pytest.raises(RuntimeError, match="re-plot from results/ only.*1 of these configs"):
+        run_sweep([TINY, dataclasses.replace(TINY, seed=7)], tmp_path / "r.csv", progress=False)
+    assert len(counted_runs) == 1
+    with pytest.raises(RuntimeError, match="does not hold these settings"):
+        sweeps.stored_table(tmp_path / "t.csv", lambda: pd.DataFrame({"x": [1]}), settings="a")
+
+
+def test_a_stored_table_is_computed_once_per_settings(tmp_path):
+    computed = []
+
+    def compute():
+        computed.append(1)
+        return pd.DataFrame({"length": [4, 8], "seconds": [0.1, None]})
+
+    first = sweeps.stored_table(tmp_path / "t.csv", compute, settings=("quick", "cpu"))
+    again = sweeps.stored_table(tmp_path / "t.csv", compute, settings=("quick", "cpu"))
+    pd.testing.assert_frame_equal(first, again)
+    assert len(computed) == 1
+    sweeps.stored_table(tmp_path / "t.csv", compute, settings=("paper", "cpu"))  # other settings: measured again
+    assert len(computed) == 2
 def test_a_sweep_resumes_an_interrupted_run_from_its_checkpoint(tmp_path, monkeypatch):
     config = dataclasses.replace(TINY, epochs=9, early_stop=False, batch_size=8)
     reference = run_sweep([config], tmp_path / "reference.csv", progress=False).iloc[0]
@@ -244,3 +271,18 @@ def test_prompt_rows_carry_the_attention_statistics(tmp_path):
     for column in sweeps.ATTENTION_COLUMNS.values():
         assert len(json.loads(row[column])) == TINY.num_layers, column
     assert pd.isna(row.test_accuracy) and pd.isna(row.evaluations)  # no held-out set, no curves asked for
+
+
+def test_rows_of_an_older_version_run_again_and_of_a_newer_one_are_refused(tmp_path, counted_runs, capsys):
+    path = tmp_path / "r.csv"
+    first = run_sweep(grid(TINY, prompt_len=[1, 2]), path, progress=False)
+    assert first.results_schema.tolist() == [sweeps.RESULTS_SCHEMA] * 2
+    # the file as the version before held-out accuracy and attention statistics wrote it
+    first.drop(columns=["results_schema", "test_accuracy", "attention_entropy"]).to_csv(path, index=False)
+    again = run_sweep(grid(TINY, prompt_len=[1, 2]), path, progress=False)
+    assert len(counted_runs) == 4 and "2 rows of" in capsys.readouterr().out  # rerun, and said so
+    assert again.attention_entropy.notna().all() and len(ResultsStore(path).load()) == 2
+    newer = ResultsStore(path).load().assign(results_schema=sweeps.RESULTS_SCHEMA + 1)
+    newer.to_csv(path, index=False)
+    with pytest.raises(ValueError, match="written by a newer promptmem"):
+        run_sweep(grid(TINY, prompt_len=[1, 2]), path, progress=False)

@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .backbones import ENCODER_2X512, MINILM, ROBERTA_BASE
-from .sweeps import RunConfig, checkpoint_base
+from .backbones import ENCODER_2X512, MINILM, ROBERTA_BASE, available_checkpoint
+from .sweeps import ResultsStore, RunConfig, checkpoint_base
 
 PROFILES = ("auto", "paper", "quick")
 PROFILE_ENV = "PROMPTMEM_PROFILE"
@@ -167,6 +167,14 @@ class InitializationSettings:
     prompt_lengths: tuple[int, ...]  # the paper's 8 and a longer one
     seeds: tuple[int, ...]
     encoder: dict  # the shape of the random 2-layer encoder
+
+    def checkpoint_to_use(self, results_path) -> str:
+        """The paper's checkpoint if the results already hold its runs or it can be loaded, else the fallback (said
+        so): a re-plot of results made with the hub needs no hub."""
+        frame = ResultsStore(results_path).load()
+        if len(frame) and "model_name" in frame.columns and (frame.model_name == self.checkpoint).any():
+            return self.checkpoint
+        return available_checkpoint(self.checkpoint, self.fallback)
 
     def configs(self, model_name: str) -> list[RunConfig]:
         """Every run, grouped by backbone (so that each frozen backbone is built once): for `model_name` (the

@@ -35,6 +35,11 @@ RESULT_TEXT_COLUMNS = ("config_id", "status", "precision_used", "device", "torch
                        "initial_prompt_singular_values", "prompt_singular_values", "prompt_update_singular_values",
                        "evaluations", "attention_entropy", "prompt_attention_mass", "prompt_attention_spread",
                        "prompt_qk_bound")
+# Set (to anything but 0) by `make figures`: notebooks re-plot from results/ and nothing may train or measure anew.
+REPLOT_ENV = "PROMPTMEM_REPLOT"
+# The version of a results row's columns, stored in each row; raised whenever a row gains or changes a column. Rows
+# of an older version run again (their missing columns would read as NaN); rows of a newer one are refused.
+RESULTS_SCHEMA = 2  # 2: held-out accuracy, accuracy curves, attention statistics
 # Per-layer attention statistics of a trained prompt (see attention.prompt_attention_statistics), as JSON lists
 ATTENTION_COLUMNS = {"entropy": "attention_entropy", "prompt_mass": "prompt_attention_mass",
                      "prompt_spread": "prompt_attention_spread", "bound": "prompt_qk_bound"}
@@ -322,7 +327,7 @@ def results_row(config: RunConfig, model, initial_prompt: torch.Tensor | None, r
     """The results row of a trained config: its fields, its metrics, where and how long it ran, and its prompt's
     spectra and attention statistics."""
     return {
-        "config_id": config.config_id, **dataclasses.asdict(config),
+        "config_id": config.config_id, "results_schema": RESULTS_SCHEMA, **dataclasses.asdict(config),
         "final_accuracy": result.final_accuracy, "final_loss": result.final_loss, "epochs_run": result.epochs,
         "status": result.status, "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
         "precision_used": result.precision, "device": device_name(device), "torch_version": torch.__version__,
@@ -358,7 +363,7 @@ def _singular_values_json(matrix: torch.Tensor | None) -> str:
 
 def _column_types() -> dict:
     """Read types from RunConfig's field types: its text fields as text, its optional ints as nullable ints."""
-    types = {name: str for name in RESULT_TEXT_COLUMNS}
+    types = {name: str for name in RESULT_TEXT_COLUMNS} | {"results_schema": "Int64"}
     for field in dataclasses.fields(RunConfig):
         if field.type in ("str", "str | None"):
             types[field.name] = str
@@ -379,11 +384,27 @@ class ResultsStore:
         frame = pd.read_csv(self.path, dtype=_column_types())
         if len(frame) and "config_id" not in frame.columns:
             raise ValueError(f"{self.path} is not a promptmem results file (no config_id column)")
+        newest = frame["results_schema"].max() if "results_schema" in frame.columns and len(frame) else None
+        if newest is not None and newest > RESULTS_SCHEMA:
+            raise ValueError(f"{self.path} holds rows of results schema {newest}, written by a newer promptmem than "
+                             f"this one (schema {RESULTS_SCHEMA}): upgrade promptmem, or move the file away")
         return frame
 
     def finished_ids(self) -> set[str]:
+        """The configs whose rows this version wrote (schema RESULTS_SCHEMA): older rows do not count as finished."""
         frame = self.load()
-        return set(frame["config_id"]) if len(frame) else set()
+        if not len(frame) or "results_schema" not in frame.columns:
+            return set()
+        return set(frame.loc[frame["results_schema"].fillna(0) == RESULTS_SCHEMA, "config_id"])
+
+    def older_ids(self) -> set[str]:
+        """The configs whose rows an older version wrote (no results_schema, or a lower one)."""
+        frame = self.load()
+        if not len(frame):
+            return set()
+        if "results_schema" not in frame.columns:
+            return set(frame["config_id"])
+        return set(frame.loc[frame["results_schema"].fillna(0) < RESULTS_SCHEMA, "config_id"])
 
     def put(self, row: dict) -> None:
         """Add a row, replacing any earlier row of the same config; atomic on POSIX and Windows."""
@@ -426,6 +447,13 @@ def run_sweep(configs: list[RunConfig], results_path: str | os.PathLike, *, reco
     store = ResultsStore(results_path)
     done = set() if recompute else store.finished_ids()
     todo = [config for config in dict.fromkeys(configs) if config.config_id not in done]
+    if todo and replotting():
+        raise RuntimeError(f"{REPLOT_ENV} is set (re-plot from results/ only), but {len(todo)} of these configs are not "
+                           f"finished in {results_path}: run `make reproduce` (or the notebook) to compute them")
+    older = store.older_ids() & {config.config_id for config in todo}
+    if older and not recompute:
+        print(f"{len(older)} rows of {results_path} were written by an older promptmem (results schema below "
+              f"{RESULTS_SCHEMA}, columns missing): they run again")
     checkpoints = Path(results_path).parent / f".{Path(results_path).stem}.checkpoints"
 
     def checkpointing(config: RunConfig) -> dict:
@@ -449,6 +477,31 @@ def run_sweep(configs: list[RunConfig], results_path: str | os.PathLike, *, reco
     wanted = [config.config_id for config in configs]
     frame = store.load()
     return frame.set_index("config_id").loc[list(dict.fromkeys(wanted))].reset_index()
+
+
+def replotting() -> bool:
+    """Whether PROMPTMEM_REPLOT asks for figures from results/ alone."""
+    return os.environ.get(REPLOT_ENV, "").strip() not in ("", "0")
+
+
+def stored_table(path: str | os.PathLike, compute, settings) -> pd.DataFrame:
+    """A measurement that is not a training run (error grids, timings), kept in results/: read back when the file
+    holds it for these `settings` (any value with a stable repr: a profile's settings, a device), computed and
+    saved otherwise (never while re-plotting)."""
+    path = Path(path)
+    settings_id = hashlib.sha1(repr(settings).encode()).hexdigest()[:12]
+    if path.exists():
+        stored = pd.read_csv(path)
+        if "settings_id" in stored.columns and (stored.settings_id == settings_id).all():
+            return stored.drop(columns="settings_id")
+    if replotting():
+        raise RuntimeError(f"{REPLOT_ENV} is set (re-plot from results/ only), but {path} does not hold these "
+                           f"settings: run `make reproduce` (or the notebook) to measure them")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    compute().assign(settings_id=settings_id).to_csv(temporary, index=False)
+    os.replace(temporary, path)
+    return pd.read_csv(path).drop(columns="settings_id")  # as a later read gives it: the same figures either way
 
 
 def shared_pass_key(config: RunConfig):
@@ -564,20 +617,15 @@ def shortest_memorizing(results: pd.DataFrame, target: float = 1.0, **match) -> 
     return rows.sort_values("prompt_len").groupby("n", as_index=False).head(1).sort_values("n")
 
 
-def trained_prompt_bounds(rows: pd.DataFrame, device: torch.device | None = None) -> pd.DataFrame:
-    """Train the configs of finished rows again (runs are deterministic on the CPU, so this gives their prompts
-    back) and measure, per layer, the max-norm bound B of the prompts' queries and keys (see `attention`)."""
-    measured = []
-    for row in rows.to_dict("records"):
-        config = config_from_row(row)
-        model, _, result = train_config(config, device or torch.device("cpu"))
-        bounds = prompt_attention_statistics(model, data_for(config).inputs.to(model.prompt.device))["bound"]
-        measured += [{"config_id": config.config_id, "dataset": config.dataset, "labels": config.labels, "n": config.n,
-                      "prompt_len": config.prompt_len, "length": config.prompt_len + config.seq_len, "layer": layer,
-                      "bound": bound, "accuracy_again": result.final_accuracy}
-                     for layer, bound in enumerate(bounds, start=1)]
+def prompt_bounds(rows: pd.DataFrame) -> pd.DataFrame:
+    """Per prompt run and layer: the max-norm bound B of its trained prompt's queries and keys, as its results row
+    stores it (`prompt_qk_bound`, measured by attention.prompt_attention_statistics when the run ended)."""
+    measured = [{"config_id": row["config_id"], "dataset": row["dataset"], "labels": row["labels"], "n": row["n"],
+                 "prompt_len": row["prompt_len"], "length": row["prompt_len"] + row["seq_len"], "layer": layer,
+                 "bound": bound}
+                for row in rows.to_dict("records") for layer, bound in enumerate(json.loads(row["prompt_qk_bound"]), 1)]
     return pd.DataFrame(measured, columns=["config_id", "dataset", "labels", "n", "prompt_len", "length", "layer",
-                                           "bound", "accuracy_again"])
+                                           "bound"])
 
 
 def read_results(results_dir: str | os.PathLike, notebook: str) -> pd.DataFrame | None:

@@ -1,0 +1,105 @@
+"""Where the committed figures come from: for each executed notebook, the git commit, profile, device, versions,
+precision and wall time of the run (figures/provenance.json); and executed notebooks stripped of what changes from
+run to run without meaning (papermill's and Jupyter's timestamps, progress-bar widget state).
+
+    python -m promptmem.provenance record notebooks/01_memorization_curves.ipynb --profile auto
+    python -m promptmem.provenance profile notebooks/01_memorization_curves.ipynb   # the profile it was run in
+    python -m promptmem.provenance strip notebooks/01_memorization_curves.ipynb
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+from pathlib import Path
+
+import torch
+import transformers
+
+from .profiles import resolve_profile
+from .sweeps import device_name
+from .training import default_device, select_precision
+
+PROVENANCE = Path("figures") / "provenance.json"  # relative to the repository root, where `make` runs
+WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
+
+
+CODE = ("lib", "Makefile", "pyproject.toml")  # what decides the numbers (a run rewrites notebooks, results, figures)
+
+
+def _git_commit(folder: Path) -> str:
+    """The checked-out commit, with '+changes' when the code in the working tree differs from it."""
+    def git(*arguments):
+        return subprocess.run(["git", *arguments], cwd=folder, capture_output=True, text=True).stdout.strip()
+
+    commit = git("rev-parse", "HEAD") or "unknown"
+    top = git("rev-parse", "--show-toplevel")
+    changed = git("status", "--porcelain", "--untracked-files=no", "--", *(f"{top}/{path}" for path in CODE))
+    return commit + ("+changes" if changed else "")
+
+
+def record(notebook: str | os.PathLike, profile: str, provenance: str | os.PathLike = PROVENANCE) -> dict:
+    """Add (or replace) the notebook's entry in the provenance file, from its papermill metadata and this machine."""
+    notebook = Path(notebook)
+    metadata = json.loads(notebook.read_text())["metadata"].get("papermill", {})
+    if metadata.get("duration") is None:
+        raise ValueError(f"{notebook} has no papermill run to record (execute it with papermill first)")
+    device = default_device()
+    entry = {"profile": resolve_profile(profile), "git_commit": _git_commit(notebook.parent),
+             "device": device_name(device), "precision": select_precision(device), "torch": torch.__version__,
+             "transformers": transformers.__version__, "python": platform.python_version(),
+             "wall_seconds": round(float(metadata["duration"]), 1)}
+    provenance = Path(provenance)
+    entries = json.loads(provenance.read_text()) if provenance.exists() else {}
+    entries[notebook.stem] = entry
+    temporary = provenance.with_name(f".{provenance.name}.{os.getpid()}.tmp")
+    temporary.write_text(json.dumps(dict(sorted(entries.items())), indent=2) + "\n")
+    os.replace(temporary, provenance)
+    return entry
+
+
+def recorded_profile(notebook: str | os.PathLike, provenance: str | os.PathLike = PROVENANCE) -> str:
+    """The profile the notebook's committed figures were made in."""
+    entries = json.loads(Path(provenance).read_text()) if Path(provenance).exists() else {}
+    stem = Path(notebook).stem
+    if stem not in entries:
+        raise ValueError(f"{provenance} has no entry for {stem}: run `make reproduce` to make its figures")
+    return entries[stem]["profile"]
+
+
+def strip(notebook: str | os.PathLike) -> None:
+    """Remove timestamps and widget state from an executed notebook, keeping every output's text and images."""
+    import nbformat
+
+    content = nbformat.read(notebook, as_version=4)
+    metadata = content["metadata"]
+    metadata.pop("widgets", None)
+    for key in ("start_time", "end_time", "duration"):
+        metadata.get("papermill", {}).pop(key, None)
+    for cell in content["cells"]:
+        cell["metadata"].pop("execution", None)
+        cell["metadata"].pop("papermill", None)
+        for output in cell.get("outputs", []):
+            output.get("data", {}).pop(WIDGET_VIEW, None)
+    nbformat.write(content, notebook)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description="provenance of the committed figures")
+    parser.add_argument("command", choices=("record", "profile", "strip"))
+    parser.add_argument("notebook")
+    parser.add_argument("--profile", default="auto", help="record: the profile the notebook was run with")
+    arguments = parser.parse_args(argv)
+    if arguments.command == "record":
+        print(json.dumps(record(arguments.notebook, arguments.profile)))
+    elif arguments.command == "profile":
+        print(recorded_profile(arguments.notebook))
+    else:
+        strip(arguments.notebook)
+
+
+if __name__ == "__main__":
+    main()

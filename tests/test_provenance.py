@@ -1,0 +1,47 @@
+"""The provenance record of executed notebooks, and the stripping of what changes from run to run."""
+
+import json
+
+import nbformat
+import pytest
+
+from promptmem import provenance
+
+
+@pytest.fixture
+def executed(tmp_path):
+    """A notebook as papermill leaves it: timestamps everywhere, a progress-bar widget."""
+    notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("print(1)")])
+    notebook.metadata["papermill"] = {"duration": 12.34, "start_time": "2026-01-01T00:00:00", "end_time": "x",
+                                      "parameters": {"profile": "quick"}}
+    notebook.metadata["widgets"] = {"state": {"abc": {}}}
+    cell = notebook.cells[0]
+    cell.metadata["execution"] = {"iopub.status.busy": "2026-01-01T00:00:01"}
+    cell.metadata["papermill"] = {"duration": 1.0, "status": "completed"}
+    cell.outputs = [nbformat.v4.new_output("display_data", data={
+        "text/plain": "100%|##########| 3/3", provenance.WIDGET_VIEW: {"model_id": "abc", "version_major": 2}})]
+    path = tmp_path / "07_example.ipynb"
+    nbformat.write(notebook, path)
+    return path
+
+
+def test_a_run_is_recorded_with_where_how_and_how_long(executed, tmp_path):
+    record_path = tmp_path / "provenance.json"
+    entry = provenance.record(executed, "quick", record_path)
+    assert entry["profile"] == "quick" and entry["wall_seconds"] == 12.3
+    assert entry["device"].startswith("cpu") and entry["precision"] == "fp32" and entry["torch"]
+    assert json.loads(record_path.read_text()) == {"07_example": entry}
+    assert provenance.recorded_profile(executed, record_path) == "quick"
+    with pytest.raises(ValueError, match="no entry for 08_missing"):
+        provenance.recorded_profile(tmp_path / "08_missing.ipynb", record_path)
+
+
+def test_stripping_removes_timestamps_and_widgets_but_keeps_outputs(executed):
+    provenance.strip(executed)
+    notebook = nbformat.read(executed, as_version=4)
+    assert "widgets" not in notebook.metadata and set(notebook.metadata.papermill) == {"parameters"}
+    cell = notebook.cells[0]
+    assert "execution" not in cell.metadata and "papermill" not in cell.metadata
+    assert cell.outputs[0].data == {"text/plain": "100%|##########| 3/3"}
+    with pytest.raises(ValueError, match="no papermill run to record"):
+        provenance.record(executed, "quick", executed.parent / "p.json")  # the duration is gone now
