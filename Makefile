@@ -34,12 +34,14 @@ $(NOTEBOOKS): $(STAMP)
 	$(BIN)/python -m promptmem.provenance record $@ --profile $(PROFILE)
 	$(BIN)/python -m promptmem.provenance strip $@
 
-# Every figure again from results/ alone, in the profile it was made in: nothing trains or is measured anew.
+# Every figure again from results/ alone, in the profile it was made in: nothing trains or is measured anew. The
+# notebooks keep the record of their real run; the re-plotting copies go to build/figures/.
 figures: $(STAMP)
+	mkdir -p build/figures
 	for notebook in $(NOTEBOOKS); do \
 		PROMPTMEM_REPLOT=1 $(BIN)/python -m papermill --cwd notebooks --kernel python3 -p profile \
-			$$($(BIN)/python -m promptmem.provenance profile $$notebook) $$notebook $$notebook \
-		&& $(BIN)/python -m promptmem.provenance strip $$notebook || exit 1; \
+			$$($(BIN)/python -m promptmem.provenance profile $$notebook) $$notebook build/figures/$$(basename $$notebook) \
+		|| exit 1; \
 	done
 
 # The notebooks run from a copy, so their results and figures land in build/ and never touch the committed ones.

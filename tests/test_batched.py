@@ -2,9 +2,11 @@
 epochs, accuracies and curves; a padded prompt slot influences no output; a batched sweep stores what a solo sweep
 stores and resumes like one."""
 
+import contextlib
 import dataclasses
 import json
 
+import pandas as pd
 import pytest
 import torch
 from hypothesis import given, settings, strategies as st
@@ -68,10 +70,11 @@ def test_runs_trained_together_end_as_alone(batch_size, lr, specs):
     assert_same_runs(alone, together, alone_results, together_results)
 
 
-def test_equal_prompt_lengths_need_no_mask_and_match_bit_for_bit():
+@pytest.mark.parametrize("batch_size, specs", [(None, [(3, 16, 0), (3, 32, 1), (3, 24, 2)]),
+                                               (8, [(3, 24, 0), (3, 24, 1), (3, 24, 2)])])
+def test_equal_prompt_lengths_need_no_mask_and_match_bit_for_bit(batch_size, specs):
     backbone = random_backbone(seed=0, **TINY)
-    specs = [(3, 24, 0), (3, 24, 1), (3, 24, 2)]
-    alone, together = (make_runs(backbone, specs, batch_size=8, early_stop=False) for _ in range(2))
+    alone, together = (make_runs(backbone, specs, batch_size=batch_size, early_stop=False) for _ in range(2))
     for run in alone:
         train_alone(run)
     train_together(together, progress=False)
@@ -149,7 +152,23 @@ class Interrupted(Exception):
     pass
 
 
-def test_an_interrupted_batch_resumes_to_the_same_prompts(tmp_path, monkeypatch):
+@contextlib.contextmanager
+def killed_at_epoch(number: int):
+    """The batched training dies (Interrupted) in its `number`-th shared epoch: a process killed mid-run."""
+    epoch, calls = batched._Batch.full_batch_epoch, []
+
+    def dying(self, slots, done):
+        calls.append(1)
+        if len(calls) == number:
+            raise Interrupted
+        return epoch(self, slots, done)
+
+    with pytest.MonkeyPatch.context() as patch, pytest.raises(Interrupted):
+        patch.setattr(batched._Batch, "full_batch_epoch", dying)
+        yield
+
+
+def test_an_interrupted_batch_resumes_to_the_same_prompts(tmp_path):
     backbone = random_backbone(seed=0, **TINY)
     specs = [(2, 16, 0), (4, 24, 1)]
     reference = make_runs(backbone, specs, early_stop=False)
@@ -160,18 +179,8 @@ def test_an_interrupted_batch_resumes_to_the_same_prompts(tmp_path, monkeypatch)
             run.checkpoint, run.checkpoint_every = tmp_path / f"{index}.pt", 5
         return runs
 
-    epoch, calls = batched._Batch.full_batch_epoch, []
-
-    def die_at_epoch_12(self, slots, done):
-        calls.append(1)
-        if len(calls) == 12:
-            raise Interrupted
-        return epoch(self, slots, done)
-
-    monkeypatch.setattr(batched._Batch, "full_batch_epoch", die_at_epoch_12)
-    with pytest.raises(Interrupted):
+    with killed_at_epoch(12):
         train_together(with_checkpoints(make_runs(backbone, specs, early_stop=False)), progress=False)
-    monkeypatch.setattr(batched._Batch, "full_batch_epoch", epoch)
     assert all(torch.load(tmp_path / f"{i}.pt")["epochs"] == 10 for i in range(2))
     (tmp_path / "solo.pt").write_bytes((tmp_path / "1.pt").read_bytes())
 
@@ -207,6 +216,15 @@ def test_a_batched_sweep_stores_the_rows_of_a_solo_sweep(tmp_path, sweep_configs
         assert json.loads(joint_values) == pytest.approx(json.loads(solo_values), rel=TOLERANCE)
 
 
+def test_a_batched_sweep_of_one_prompt_length_stores_a_solo_sweeps_rows_exactly(tmp_path):
+    configs = grid(dataclasses.replace(TINY_CONFIG, epochs=12), n=[12, 16], seed=[0, 1])
+    solo = run_sweep(configs, tmp_path / "solo.csv", batched=False, progress=False)
+    joint = run_sweep(configs, tmp_path / "joint.csv", batched=True, progress=False)
+    columns = ["config_id", "status", "epochs_run", "final_accuracy", "final_loss", "prompt_singular_values",
+               "attention_entropy", "prompt_qk_bound"]
+    pd.testing.assert_frame_equal(joint[columns], solo[columns])
+
+
 def test_groups_share_a_backbone_and_n_and_chunks_respect_the_budget(sweep_configs):
     groups = sweeps.shared_pass_groups(sweep_configs)
     assert [len(group) for group in groups] == [4, 1, 1]  # the N = 3 config and the scratch run train alone
@@ -226,18 +244,8 @@ def test_groups_share_a_backbone_and_n_and_chunks_respect_the_budget(sweep_confi
 def test_an_interrupted_batched_sweep_keeps_finished_runs_and_reruns_the_rest(tmp_path, monkeypatch):
     configs = grid(dataclasses.replace(TINY_CONFIG, epochs=40, lr=0.1), prompt_len=[4, 1], seed=[0, 1])
     path = tmp_path / "r.csv"
-    epoch, calls = batched._Batch.full_batch_epoch, []
-
-    def die_at_epoch_30(self, slots, done):
-        calls.append(1)
-        if len(calls) == 30:
-            raise Interrupted
-        return epoch(self, slots, done)
-
-    monkeypatch.setattr(batched._Batch, "full_batch_epoch", die_at_epoch_30)
-    with pytest.raises(Interrupted):
+    with killed_at_epoch(30):
         run_sweep(configs, path, batched=True, progress=False)
-    monkeypatch.setattr(batched._Batch, "full_batch_epoch", epoch)
     kept = ResultsStore(path).load()
     assert 0 < len(kept) < len(configs) and set(kept.status) == {"memorized"}  # the early finishers were stored
     ran = []

@@ -11,7 +11,9 @@ from promptmem import provenance
 @pytest.fixture
 def executed(tmp_path):
     """A notebook as papermill leaves it: timestamps everywhere, a progress-bar widget."""
-    notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("print(1)")])
+    notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("print(1)"),
+                                               nbformat.v4.new_code_cell('profile = "quick"')])
+    notebook.cells[1].metadata["tags"] = ["injected-parameters"]
     notebook.metadata["papermill"] = {"duration": 12.34, "start_time": "2026-01-01T00:00:00", "end_time": "x",
                                       "parameters": {"profile": "quick"}}
     notebook.metadata["widgets"] = {"state": {"abc": {}}}
@@ -43,5 +45,6 @@ def test_stripping_removes_timestamps_and_widgets_but_keeps_outputs(executed):
     cell = notebook.cells[0]
     assert "execution" not in cell.metadata and "papermill" not in cell.metadata
     assert cell.outputs[0].data == {"text/plain": "100%|##########| 3/3"}
+    assert notebook.cells[1].id == "injected-parameters"  # not papermill's random id: reruns do not churn it
     with pytest.raises(ValueError, match="no papermill run to record"):
         provenance.record(executed, "quick", executed.parent / "p.json")  # the duration is gone now

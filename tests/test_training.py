@@ -156,3 +156,19 @@ def test_curves_stop_where_an_early_stop_does(tiny_backbone, tiny_data):
     result = train(model, tiny_data.inputs, tiny_data.labels, epochs=300, lr=0.05, progress=False, eval_every=50)
     assert result.status == "memorized" and result.evaluations["epoch"][-1] == result.epochs
     assert result.evaluations["train_accuracy"][-1] == 1.0
+
+
+@pytest.mark.parametrize("precision", ["fp16", "bf16", "fp32"])
+def test_the_largest_learning_rate_never_reports_a_wrong_accuracy(tiny_backbone, tiny_data, precision):
+    # AdamW moves each entry by about lr per step and the embedding LayerNorm rescales the prompt, so even lr = 9.9
+    # does not overflow here (the overflow itself is forced through the loss scale above); whatever happens, the
+    # reported accuracy is the prompt's own or NaN
+    model = SoftPromptModel(tiny_backbone, 2, seed=0)
+    result = train(model, tiny_data.inputs, tiny_data.labels, epochs=60, lr=9.9, precision=precision,
+                   early_stop=False, progress=False)
+    assert model.prompt.dtype == torch.float32
+    if result.status == "nonfinite":
+        assert math.isnan(result.final_accuracy)
+    else:
+        assert torch.isfinite(model.prompt).all() and math.isfinite(result.final_loss)
+        assert result.final_accuracy == evaluate(model, tiny_data.inputs, tiny_data.labels, precision=precision)[0]

@@ -6,10 +6,12 @@ Modules, each one concern (each imports only modules listed above it):
                 checkpoint's architecture with its weights as trained, shuffled or drawn afresh
     model       the soft-prompt model
     training    the training step (precision by compute capability, AdamW, early stop, held-out evaluation)
+    batched     many prompt runs on one frozen encoder trained together in shared passes
     spectra     singular-value spectra and effective ranks of data and prompts
     attention   exact and polynomial-method attention; attention statistics and the query/key bound B of prompts
     sweeps      run configs, the crash-safe results store, minimal prompt length
     profiles    paper / quick / auto, and each notebook's grids
+    provenance  where the committed figures come from (figures/provenance.json); stripping executed notebooks
     theory      the papers' formulas (each with its source, exact or proxy) and power-law fits
     plotting    figure style and saving (PNG + PDF + CSV)
 """

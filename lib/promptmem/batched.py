@@ -186,8 +186,6 @@ class _Batch:
         owner = torch.repeat_interleave(torch.arange(len(slots), device=self.device), counts)
         lengths = [slot.prompt_len for slot in slots]
         longest = max(lengths)
-        prompts = torch.stack([nn.functional.pad(slot.prompt, (0, 0, longest - slot.prompt_len, 0))
-                               for slot in slots])
         mask = positions = None
         if len(set(lengths)) > 1:  # pads to hide, and positions to restore: those of each run's solo sequence
             total = longest + inputs.shape[1]
@@ -195,8 +193,11 @@ class _Batch:
             pads = torch.tensor([longest - length for length in lengths], device=self.device)[:, None]
             mask = (slot_index[None] >= pads).long()[owner]
             positions = ((slot_index[None] - pads).clamp_min(0) + self.backbone.position_offset)[owner]
+        # each run's prompt expanded over its own rows, as alone: its gradient is summed over them in the same order
+        prompts = torch.cat([nn.functional.pad(slot.prompt, (0, 0, longest - slot.prompt_len, 0)).expand(
+            int(count), -1, -1) for slot, count in zip(slots, counts.tolist())])
         with autocast(self.device, self.precision):
-            embeds = torch.cat([prompts.to(inputs.dtype)[owner], inputs], dim=1)
+            embeds = torch.cat([prompts.to(inputs.dtype), inputs], dim=1)
             hidden = self.backbone.encode(embeds, attention_mask=mask, position_ids=positions)
             logits = self.backbone.classify(hidden[:, longest]).float()
         return logits, labels, owner, counts

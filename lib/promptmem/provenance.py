@@ -71,7 +71,8 @@ def recorded_profile(notebook: str | os.PathLike, provenance: str | os.PathLike 
 
 
 def strip(notebook: str | os.PathLike) -> None:
-    """Remove timestamps and widget state from an executed notebook, keeping every output's text and images."""
+    """Remove timestamps, widget state and papermill's random cell id from an executed notebook, keeping every
+    output's text and images."""
     import nbformat
 
     content = nbformat.read(notebook, as_version=4)
@@ -80,6 +81,8 @@ def strip(notebook: str | os.PathLike) -> None:
     for key in ("start_time", "end_time", "duration"):
         metadata.get("papermill", {}).pop(key, None)
     for cell in content["cells"]:
+        if "injected-parameters" in cell["metadata"].get("tags", []):
+            cell["id"] = "injected-parameters"  # papermill draws a new id every run
         cell["metadata"].pop("execution", None)
         cell["metadata"].pop("papermill", None)
         for output in cell.get("outputs", []):

@@ -118,6 +118,7 @@ class RunConfig:
                              f"it, got generation_steps={steps!r} with architecture {self.architecture!r}")
         if steps is not None and (not isinstance(steps, int) or steps < 0 or (steps and self.method != "prompt")):
             raise ValueError(f"generation_steps must be an integer >= 0 (0 for method 'scratch'), got {steps!r}")
+        # a checkpoint's own limit (BERT-style: 512) is checked again when its model is built
         positions = backbones.MAX_SEQUENCE_LENGTH.get(self.architecture, 512)
         if self.seq_len + self.prompt_len + (steps or 0) > positions:
             raise ValueError(f"seq_len + prompt_len + generation_steps (N + p + K) must be at most {positions}, the "
