@@ -27,8 +27,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .model import SoftPromptModel
-from .training import (TrainResult, autocast, check_arguments, default_device, load_checkpoint, save_checkpoint,
-                       select_precision)
+from .training import (TrainResult, autocast, check_arguments, close_run, default_device, load_checkpoint,
+                       save_checkpoint, select_precision)
 
 
 @dataclass
@@ -250,12 +250,13 @@ class _Batch:
             correct_sum += correct
             self.step(slots, mean_loss)
         nothing = torch.zeros(len(slots), dtype=torch.bool, device=self.device)
-        return {"loss": loss_sum / n, "correct": correct_sum, "memorized": nothing, "nonfinite": ~torch.isfinite(loss_sum)}
+        return {"loss": loss_sum / n, "correct": correct_sum, "memorized": nothing,
+                "nonfinite": ~torch.isfinite(loss_sum)}
 
     def read_back(self, slots, records: list[dict], check_memorized: bool) -> list[_Slot]:
         """Move the epochs recorded since the last read-back into each slot's history and status; return the slots
-        that ended (memorized or non-finite). Accuracies are counts / n in Python floats, as alone. With minibatches a run whose running accuracy was 1 is memorized when a
-        clean evaluation confirms it."""
+        that ended (memorized or non-finite). Accuracies are counts / n in Python floats, as alone. With minibatches
+        a run whose running accuracy was 1 is memorized when a clean evaluation confirms it."""
         table = {name: torch.stack([record[name] for record in records]).cpu() for name in records[0]}
         ended = []
         for column, slot in enumerate(slots):
@@ -322,14 +323,7 @@ class _Batch:
             result = slot.result
             result.final_accuracy, result.final_loss = train, train_loss
             result.test_accuracy = test.get(slot, float("nan"))
-            curves = result.evaluations
-            if slot.run.eval_every is not None and result.status != "nonfinite" and curves["epoch"][-1:] != \
-                    [result.epochs]:
-                curves["epoch"].append(result.epochs)
-                curves["train_accuracy"].append(result.final_accuracy)
-                curves["test_accuracy"].append(result.test_accuracy)
-            if result.status == "nonfinite":
-                result.final_accuracy = result.test_accuracy = float("nan")
+            close_run(result, slot.run.eval_every)
             result.seconds += seconds
 
 

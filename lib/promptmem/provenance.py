@@ -20,7 +20,7 @@ import torch
 import transformers
 
 from .profiles import resolve_profile
-from .sweeps import device_name
+from .sweeps import device_name, write_atomically
 from .training import default_device, select_precision
 
 PROVENANCE = Path("figures") / "provenance.json"  # relative to the repository root, where `make` runs
@@ -55,9 +55,8 @@ def record(notebook: str | os.PathLike, profile: str, provenance: str | os.PathL
     provenance = Path(provenance)
     entries = json.loads(provenance.read_text()) if provenance.exists() else {}
     entries[notebook.stem] = entry
-    temporary = provenance.with_name(f".{provenance.name}.{os.getpid()}.tmp")
-    temporary.write_text(json.dumps(dict(sorted(entries.items())), indent=2) + "\n")
-    os.replace(temporary, provenance)
+    text = json.dumps(dict(sorted(entries.items())), indent=2) + "\n"
+    write_atomically(provenance, lambda handle: handle.write(text))
     return entry
 
 

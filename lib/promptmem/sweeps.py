@@ -31,10 +31,6 @@ from .training import PRECISIONS, TrainResult, default_device, select_precision,
 METHODS = ("prompt", "scratch")  # soft prompt on a frozen backbone | all weights of a fresh model trained
 # Text columns of a results row beside the config's own: read back as text, as pandas would turn an all-digit
 # config_id into an int (and the config's labels "true" into a bool).
-RESULT_TEXT_COLUMNS = ("config_id", "status", "precision_used", "device", "torch_version", "transformers_version",
-                       "initial_prompt_singular_values", "prompt_singular_values", "prompt_update_singular_values",
-                       "evaluations", "attention_entropy", "prompt_attention_mass", "prompt_attention_spread",
-                       "prompt_qk_bound")
 # Set (to anything but 0) by `make figures`: notebooks re-plot from results/ and nothing may train or measure anew.
 REPLOT_ENV = "PROMPTMEM_REPLOT"
 # The version of a results row's columns, stored in each row; raised whenever a row gains or changes a column. Rows
@@ -43,6 +39,9 @@ RESULTS_SCHEMA = 2  # 2: held-out accuracy, accuracy curves, attention statistic
 # Per-layer attention statistics of a trained prompt (see attention.prompt_attention_statistics), as JSON lists
 ATTENTION_COLUMNS = {"entropy": "attention_entropy", "prompt_mass": "prompt_attention_mass",
                      "prompt_spread": "prompt_attention_spread", "bound": "prompt_qk_bound"}
+RESULT_TEXT_COLUMNS = ("config_id", "status", "precision_used", "device", "torch_version", "transformers_version",
+                       "initial_prompt_singular_values", "prompt_singular_values", "prompt_update_singular_values",
+                       "evaluations", *ATTENTION_COLUMNS.values())
 
 
 @dataclass(frozen=True)
@@ -373,6 +372,19 @@ def _column_types() -> dict:
     return types
 
 
+def write_atomically(path: str | os.PathLike, write) -> None:
+    """`write(handle)` into a temporary file beside `path`, synced, then renamed over `path`: a crash leaves the old
+    file or the new one, never half of one (atomic on POSIX and Windows)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(temporary, "w", newline="") as handle:
+        write(handle)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temporary, path)
+
+
 class ResultsStore:
     """A CSV of results rows, one per finished config, keyed by `config_id`."""
 
@@ -408,18 +420,12 @@ class ResultsStore:
         return set(frame.loc[frame["results_schema"].fillna(0) < RESULTS_SCHEMA, "config_id"])
 
     def put(self, row: dict) -> None:
-        """Add a row, replacing any earlier row of the same config; atomic on POSIX and Windows."""
+        """Add a row, replacing any earlier row of the same config (`write_atomically`)."""
         frame = self.load()
         if len(frame):
             frame = frame[frame["config_id"] != row["config_id"]]
         frame = pd.concat([frame, pd.DataFrame([row])], ignore_index=True)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-        with open(temporary, "w", newline="") as handle:
-            frame.to_csv(handle, index=False)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, self.path)
+        write_atomically(self.path, lambda handle: frame.to_csv(handle, index=False))
 
 
 def run_sweep(configs: list[RunConfig], results_path: str | os.PathLike, *, recompute: bool = False,
@@ -431,9 +437,10 @@ def run_sweep(configs: list[RunConfig], results_path: str | os.PathLike, *, reco
     configs that can share a pass (`shared_pass_key`) train together (`batched.train_together`, which never waits
     for the host inside an epoch, so a lone encoder run goes there too), in chunks of at most `tokens_per_pass`
     tokens per pass (default: what the GPU's free memory holds, `default_tokens_per_pass`); each run's row is
-    stored as soon as it ends. Others (causal models, training from scratch) train one at a time. With `checkpoint_every`, each run saves its state that often into
-    `.<results name>.checkpoints/<config_id>.pt` beside the results file, and a rerun of an interrupted sweep
-    continues the interrupted run from there instead of from epoch 0.
+    stored as soon as it ends. Others (causal models, training from scratch) train one at a time. With
+    `checkpoint_every`, each run saves its state that often into `.<results name>.checkpoints/<config_id>.pt`
+    beside the results file, and a rerun of an interrupted sweep continues the interrupted run from there instead
+    of from epoch 0.
     """
     if not isinstance(recompute, bool):
         raise ValueError(f"recompute must be True or False, got {recompute!r}")
@@ -449,8 +456,8 @@ def run_sweep(configs: list[RunConfig], results_path: str | os.PathLike, *, reco
     done = set() if recompute else store.finished_ids()
     todo = [config for config in dict.fromkeys(configs) if config.config_id not in done]
     if todo and replotting():
-        raise RuntimeError(f"{REPLOT_ENV} is set (re-plot from results/ only), but {len(todo)} of these configs are not "
-                           f"finished in {results_path}: run `make reproduce` (or the notebook) to compute them")
+        raise RuntimeError(f"{REPLOT_ENV} is set (re-plot from results/ only), but {len(todo)} of these configs are "
+                           f"not finished in {results_path}: run `make reproduce` (or the notebook) to compute them")
     older = store.older_ids() & {config.config_id for config in todo}
     if older and not recompute:
         print(f"{len(older)} rows of {results_path} were written by an older promptmem (results schema below "
@@ -470,8 +477,9 @@ def run_sweep(configs: list[RunConfig], results_path: str | os.PathLike, *, reco
         budget = tokens_per_pass or default_tokens_per_pass(group[0], device)
         chunks = plan_chunks(group, budget)
         if len(group) > 1:
+            sizes = ", ".join(str(len(chunk)) for chunk in chunks)
             print(f"{len(group)} runs on one backbone (N = {group[0].seq_len}) train together: {len(chunks)} "
-                  f"chunk(s) of {', '.join(str(len(chunk)) for chunk in chunks)} runs, at most {budget} tokens per pass")
+                  f"chunk(s) of {sizes} runs, at most {budget} tokens per pass")
         for chunk in chunks:
             _train_together(chunk, store, device, checkpointing, bar)
     bar.close()
@@ -498,10 +506,8 @@ def stored_table(path: str | os.PathLike, compute, settings) -> pd.DataFrame:
     if replotting():
         raise RuntimeError(f"{REPLOT_ENV} is set (re-plot from results/ only), but {path} does not hold these "
                            f"settings: run `make reproduce` (or the notebook) to measure them")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    compute().assign(settings_id=settings_id).to_csv(temporary, index=False)
-    os.replace(temporary, path)
+    table = compute().assign(settings_id=settings_id)
+    write_atomically(path, lambda handle: table.to_csv(handle, index=False))
     return pd.read_csv(path).drop(columns="settings_id")  # as a later read gives it: the same figures either way
 
 

@@ -200,15 +200,22 @@ def train(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, *, epoch
                                                         batch_size=batch_size)
     if test_data is not None:
         result.test_accuracy = evaluate(model, *test_data, precision=precision, batch_size=batch_size)[0]
-    if eval_every is not None and result.status != "nonfinite" and result.evaluations["epoch"][-1] != result.epochs:
-        evaluations = result.evaluations  # the last epoch, when it is not a multiple of eval_every
-        evaluations["epoch"].append(result.epochs)
-        evaluations["train_accuracy"].append(result.final_accuracy)
-        evaluations["test_accuracy"].append(result.test_accuracy)
-    if result.status == "nonfinite":  # arg-max of NaN logits is no prediction: report no accuracy at all
-        result.final_accuracy = result.test_accuracy = float("nan")
+    close_run(result, eval_every)
     result.seconds = time.perf_counter() - start_time
     return result
+
+
+def close_run(result: TrainResult, eval_every: int | None) -> None:
+    """Once the final accuracies are in: the curves' last point (the last epoch, when it is not a multiple of
+    eval_every), and no accuracy at all for a run whose loss went non-finite (arg-max of NaN logits predicts
+    nothing)."""
+    curves = result.evaluations
+    if eval_every is not None and result.status != "nonfinite" and curves["epoch"][-1:] != [result.epochs]:
+        curves["epoch"].append(result.epochs)
+        curves["train_accuracy"].append(result.final_accuracy)
+        curves["test_accuracy"].append(result.test_accuracy)
+    if result.status == "nonfinite":
+        result.final_accuracy = result.test_accuracy = float("nan")
 
 
 def save_checkpoint(path: Path, model: nn.Module, optimizer, scaler, generator: torch.Generator,
