@@ -95,7 +95,9 @@ def test_required_degree_and_transition():
 
 def test_features_do_not_depend_on_the_chunking():
     x = torch.randn(9, 3, dtype=torch.float64)
-    assert torch.equal(attention.taylor_features(x, 5, chunk=7), attention.taylor_features(x, 5, chunk=10_000))
+    # other chunk shapes may sum in another order: equal to float64 rounding, not bit for bit
+    torch.testing.assert_close(attention.taylor_features(x, 5, chunk=7), attention.taylor_features(x, 5, chunk=10_000),
+                               rtol=1e-12, atol=0)
 
 
 def test_attention_statistics_tell_a_shift_from_an_input_dependent_prompt(tiny_data):

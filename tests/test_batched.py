@@ -1,12 +1,11 @@
-"""Runs trained together in shared passes end as their solo runs: same prompts (fp32, within 1e-5 relative), statuses,
-epochs, accuracies and curves; a padded prompt slot influences no output; a batched sweep stores what a solo sweep
-stores and resumes like one."""
+"""Runs trained together in shared passes end as their solo runs: same statuses, epochs, accuracies and curves, and
+prompts and losses within reproducibility.RELATIVE_TOLERANCE (the batched matmuls and masked softmaxes sum in another
+order, so bits may differ); a padded prompt slot influences no output; a batched sweep stores what a solo sweep
+stores and resumes like one. make test runs this module a second time under another machine's kernel set."""
 
 import contextlib
 import dataclasses
-import json
 
-import pandas as pd
 import pytest
 import torch
 from hypothesis import given, settings, strategies as st
@@ -15,12 +14,14 @@ from promptmem import batched, data, sweeps
 from promptmem.backbones import random_backbone
 from promptmem.batched import Run, train_together
 from promptmem.model import SoftPromptModel
+from promptmem.reproducibility import RELATIVE_TOLERANCE, compare_rows, disagreements
 from promptmem.sweeps import ResultsStore, grid, run_sweep
 from promptmem.training import train
 from tests.conftest import TINY
 from tests.test_sweeps import TINY as TINY_CONFIG
 
-TOLERANCE = 1e-5  # relative, fp32: the batched matmuls and masked softmaxes sum in another order
+pytestmark = pytest.mark.kernels
+TOLERANCE = RELATIVE_TOLERANCE
 
 
 def make_runs(backbone, specs, **settings_):
@@ -72,14 +73,16 @@ def test_runs_trained_together_end_as_alone(batch_size, lr, specs):
 
 @pytest.mark.parametrize("batch_size, specs", [(None, [(3, 16, 0), (3, 32, 1), (3, 24, 2)]),
                                                (8, [(3, 24, 0), (3, 24, 1), (3, 24, 2)])])
-def test_equal_prompt_lengths_need_no_mask_and_match_bit_for_bit(batch_size, specs):
+def test_equal_prompt_lengths_need_no_mask_and_end_as_alone(batch_size, specs, monkeypatch):
     backbone = random_backbone(seed=0, **TINY)
     alone, together = (make_runs(backbone, specs, batch_size=batch_size, early_stop=False) for _ in range(2))
-    for run in alone:
-        train_alone(run)
-    train_together(together, progress=False)
-    for solo, joint in zip(alone, together):
-        assert torch.equal(solo.model.prompt, joint.model.prompt)
+    alone_results = [train_alone(run) for run in alone]
+    masks, encode = [], backbone.encode
+    monkeypatch.setattr(backbone, "encode", lambda embeds, attention_mask=None, position_ids=None: masks.append(
+        (attention_mask, position_ids)) or encode(embeds, attention_mask, position_ids))
+    together_results = train_together(together, progress=False)
+    assert masks and all(mask is None and positions is None for mask, positions in masks)
+    assert_same_runs(alone, together, alone_results, together_results)
 
 
 def test_each_prompt_gets_only_its_own_gradient():
@@ -210,19 +213,11 @@ def test_a_batched_sweep_stores_the_rows_of_a_solo_sweep(tmp_path, sweep_configs
     solo = run_sweep(sweep_configs, tmp_path / "solo.csv", batched=False, progress=False)
     joint = run_sweep(sweep_configs, tmp_path / "joint.csv", batched=True, progress=False)
     assert "4 runs on one backbone (N = 4) train together: 1 chunk(s) of 4 runs" in capsys.readouterr().out
-    for column in ("config_id", "status", "epochs_run", "final_accuracy", "trainable_params"):
-        assert joint[column].tolist() == solo[column].tolist(), column
-    for solo_values, joint_values in zip(solo.prompt_singular_values, joint.prompt_singular_values):
-        assert json.loads(joint_values) == pytest.approx(json.loads(solo_values), rel=TOLERANCE)
-
-
-def test_a_batched_sweep_of_one_prompt_length_stores_a_solo_sweeps_rows_exactly(tmp_path):
-    configs = grid(dataclasses.replace(TINY_CONFIG, epochs=12), n=[12, 16], seed=[0, 1])
-    solo = run_sweep(configs, tmp_path / "solo.csv", batched=False, progress=False)
-    joint = run_sweep(configs, tmp_path / "joint.csv", batched=True, progress=False)
-    columns = ["config_id", "status", "epochs_run", "final_accuracy", "final_loss", "prompt_singular_values",
-               "attention_entropy", "prompt_qk_bound"]
-    pd.testing.assert_frame_equal(joint[columns], solo[columns])
+    assert joint.config_id.tolist() == solo.config_id.tolist()
+    comparison = compare_rows(solo, joint)
+    assert comparison.config_id.nunique() == len(sweep_configs)
+    broken = disagreements(comparison)  # statuses, epochs, accuracies exactly; losses, spectra, attention within
+    assert broken.empty, broken.to_string()
 
 
 def test_groups_share_a_backbone_and_n_and_chunks_respect_the_budget(sweep_configs):

@@ -164,6 +164,7 @@ def test_causal_config_trains(tmp_path):
     assert row.architecture == "gpt2" and row.generation_steps == 2 and row.epochs_run == 3
 
 
+@pytest.mark.kernels  # bit-identical on one machine, whatever its kernels
 def test_a_row_gives_back_its_config_and_its_prompt(tmp_path):
     config = dataclasses.replace(TINY, epochs=5, batch_size=8)
     row = run_sweep([config], tmp_path / "r.csv", progress=False).iloc[0]

@@ -45,6 +45,7 @@ def test_without_early_stop_all_epochs_run(tiny_backbone, tiny_data):
     assert result.status == "completed" and result.epochs == 7 and len(result.history["loss"]) == 7
 
 
+@pytest.mark.kernels  # bit-identical on one machine, whatever its kernels
 def test_same_seed_same_prompt(tiny_backbone, tiny_data):
     prompts = []
     for _ in range(2):
@@ -107,6 +108,7 @@ class Interrupted(Exception):
     pass
 
 
+@pytest.mark.kernels  # bit-identical on one machine, whatever its kernels
 def test_an_interrupted_run_resumes_to_the_same_prompt(tiny_backbone, tiny_data, tmp_path):
     arguments = dict(epochs=10, lr=0.02, batch_size=8, early_stop=False, progress=False)
     uninterrupted = SoftPromptModel(tiny_backbone, 3, seed=0)
@@ -135,6 +137,7 @@ def test_a_checkpoint_of_another_model_is_refused(tiny_backbone, tiny_data, tmp_
               checkpoint=checkpoint, progress=False)
 
 
+@pytest.mark.kernels  # bit-identical on one machine, whatever its kernels
 def test_accuracy_curves_are_evaluated_every_k_epochs(tiny_backbone, tiny_data):
     held_out = data.random_tokens(16, 4, seed=9, vocab_size=TINY["vocab_size"])
     model = SoftPromptModel(tiny_backbone, 4, seed=0)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import torch
 
 ENERGIES = (0.9, 0.99)
@@ -31,3 +32,13 @@ def token_matrix(inputs: torch.Tensor, word_embeddings: torch.nn.Embedding) -> t
     """All n*N input tokens as rows of width d: embedded by the backbone's table if they are ids."""
     embedded = inputs if inputs.is_floating_point() else word_embeddings(inputs)
     return embedded.detach().reshape(-1, embedded.shape[-1])
+
+
+def spectra_table(matrices: dict) -> pd.DataFrame:
+    """Per named matrix: its singular values, largest first (index from 1), and each over the largest."""
+    parts = []
+    for name, matrix in matrices.items():
+        values = singular_values(matrix)
+        parts.append(pd.DataFrame({"data": name, "index": np.arange(1, len(values) + 1), "singular_value": values,
+                                   "normalized": values / values[0]}))
+    return pd.concat(parts, ignore_index=True)
