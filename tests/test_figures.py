@@ -10,7 +10,7 @@ import pandas as pd
 import papermill
 import pytest
 
-from promptmem.sweeps import REPLOT_ENV
+from promptmem.store import REPLOT_ENV
 
 ROOT = Path(__file__).resolve().parents[1]
 RECORD = json.loads((ROOT / "figures" / "provenance.json").read_text())
