@@ -31,7 +31,9 @@ import transformers
 from promptmem.backbones import random_backbone
 from promptmem.batched import Run, train_together
 from promptmem.model import SoftPromptModel
-from promptmem.sweeps import RunConfig, default_tokens_per_pass, grid, plan_chunks, run_sweep
+from promptmem.chunking import default_tokens_per_pass, plan_chunks
+from promptmem.configs import RunConfig, grid
+from promptmem.sweeps import run_sweep
 from promptmem.training import autocast, select_precision
 
 SHAPES = {"2-layer width 512": dict(num_layers=2, hidden_size=512, num_heads=8, ffn_size=2048),

@@ -33,7 +33,10 @@ import torch
 import transformers
 
 from promptmem import reproducibility
-from promptmem.sweeps import ResultsStore, RunConfig, config_from_row, device_name, grid, run_sweep
+from promptmem.configs import RunConfig, config_from_row, grid
+from promptmem.rows import device_name
+from promptmem.store import ResultsStore
+from promptmem.sweeps import run_sweep
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "results"

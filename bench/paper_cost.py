@@ -19,7 +19,7 @@ import importlib.util
 from pathlib import Path
 
 from promptmem import profiles
-from promptmem.sweeps import grid
+from promptmem.configs import grid
 
 ROBERTA_BASE_SHAPE = dict(num_layers=12, hidden_size=768, num_heads=12, ffn_size=3072)
 

@@ -10,12 +10,15 @@ import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
-from promptmem import batched, data, sweeps
+from promptmem import batched, building, data
 from promptmem.backbones import random_backbone
 from promptmem.batched import Run, train_together
+from promptmem.chunking import plan_chunks, shared_pass_groups
+from promptmem.configs import grid
 from promptmem.model import SoftPromptModel
 from promptmem.reproducibility import RELATIVE_TOLERANCE, compare_rows, disagreements
-from promptmem.sweeps import ResultsStore, grid, run_sweep
+from promptmem.store import ResultsStore
+from promptmem.sweeps import run_sweep
 from promptmem.training import train
 from tests.conftest import TINY
 from tests.test_sweeps import TINY as TINY_CONFIG
@@ -221,19 +224,19 @@ def test_a_batched_sweep_stores_the_rows_of_a_solo_sweep(tmp_path, sweep_configs
 
 
 def test_groups_share_a_backbone_and_n_and_chunks_respect_the_budget(sweep_configs):
-    groups = sweeps.shared_pass_groups(sweep_configs)
+    groups = shared_pass_groups(sweep_configs)
     assert [len(group) for group in groups] == [4, 1, 1]  # the N = 3 config and the scratch run train alone
     minibatch = grid(dataclasses.replace(TINY_CONFIG, batch_size=4), n=[12, 16])
-    assert len(sweeps.shared_pass_groups(minibatch)) == 2  # minibatches line up only at the same n
+    assert len(shared_pass_groups(minibatch)) == 2  # minibatches line up only at the same n
     other_backbone = dataclasses.replace(TINY_CONFIG, init_scale=0.5)
-    assert len(sweeps.shared_pass_groups([TINY_CONFIG, other_backbone])) == 2
+    assert len(shared_pass_groups([TINY_CONFIG, other_backbone])) == 2
     budget = (12 + 16) * (3 + 4)  # rows x (longest prompt + N): the two p = 3 runs fill it exactly
-    chunks = sweeps.plan_chunks(groups[0], tokens_per_pass=budget)
+    chunks = plan_chunks(groups[0], tokens_per_pass=budget)
     assert [[(c.n, c.prompt_len) for c in chunk] for chunk in chunks] == [[(12, 1), (16, 1)], [(12, 3), (16, 3)]]
-    assert [len(chunk) for chunk in sweeps.plan_chunks(groups[0], tokens_per_pass=1)] == [1, 1, 1, 1]
+    assert [len(chunk) for chunk in plan_chunks(groups[0], tokens_per_pass=1)] == [1, 1, 1, 1]
     # with room for all, runs of p = 1 and p = 32 still go apart: padding p = 1 to 32 would waste most of the pass
     far_apart = grid(TINY_CONFIG, prompt_len=[32, 1, 2])
-    assert [[c.prompt_len for c in chunk] for chunk in sweeps.plan_chunks(far_apart, 10 ** 6)] == [[1, 2], [32]]
+    assert [[c.prompt_len for c in chunk] for chunk in plan_chunks(far_apart, 10 ** 6)] == [[1, 2], [32]]
 
 
 def test_an_interrupted_batched_sweep_keeps_finished_runs_and_reruns_the_rest(tmp_path, monkeypatch):
@@ -244,8 +247,8 @@ def test_an_interrupted_batched_sweep_keeps_finished_runs_and_reruns_the_rest(tm
     kept = ResultsStore(path).load()
     assert 0 < len(kept) < len(configs) and set(kept.status) == {"memorized"}  # the early finishers were stored
     ran = []
-    real_setup = sweeps._setup
-    monkeypatch.setattr(sweeps, "_setup", lambda config: ran.append(config.config_id) or real_setup(config))
+    real_setup = building.setup_run
+    monkeypatch.setattr(building, "setup_run", lambda config: ran.append(config.config_id) or real_setup(config))
     rows = run_sweep(configs, path, batched=True, progress=False)
     assert set(ran) == {c.config_id for c in configs} - set(kept.config_id)  # only the unfinished ones again
     assert len(rows) == len(configs) and rows.config_id.is_unique

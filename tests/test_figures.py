@@ -13,7 +13,7 @@ import papermill
 import pytest
 
 from promptmem.reproducibility import REPLOT_TOLERANCE
-from promptmem.sweeps import REPLOT_ENV
+from promptmem.store import REPLOT_ENV
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.kernels

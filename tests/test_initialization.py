@@ -8,9 +8,12 @@ import pytest
 import torch
 from transformers import BertConfig, BertForMaskedLM
 
-from promptmem import backbones, data, sweeps
+from promptmem import backbones, data
 from promptmem.backbones import MINILM, ROBERTA_BASE, pretrained_backbone
+from promptmem.building import backbone_for, data_for
+from promptmem.configs import RunConfig, checkpoint_base, config_from_row
 from promptmem.profiles import INITIALIZATION
+from promptmem.sweeps import run_sweep
 from tests.conftest import requires_local_data
 
 requires_packaged_minilm = pytest.mark.skipif(backbones.packaged_checkpoint(MINILM) is None,
@@ -120,17 +123,17 @@ def test_the_packaged_minilm_is_a_real_pretrained_bert(monkeypatch):
 @requires_packaged_minilm
 @requires_local_data
 def test_a_pretrained_config_runs_end_to_end(tmp_path):
-    base = sweeps.RunConfig(n=8, test_n=8, prompt_len=2, dataset="sst2", epochs=2, lr=0.05, batch_size=4,
-                            early_stop=False, eval_every=1)
-    config = sweeps.checkpoint_base(base, MINILM, "shuffled")
+    base = RunConfig(n=8, test_n=8, prompt_len=2, dataset="sst2", epochs=2, lr=0.05, batch_size=4,
+                     early_stop=False, eval_every=1)
+    config = checkpoint_base(base, MINILM, "shuffled")
     assert (config.architecture, config.num_layers, config.hidden_size, config.num_heads) == ("bert", 6, 384, 12)
-    row = sweeps.run_sweep([config], tmp_path / "r.csv", progress=False).iloc[0]
+    row = run_sweep([config], tmp_path / "r.csv", progress=False).iloc[0]
     assert row.model_name == MINILM and row.weights == "shuffled" and 0 <= row.test_accuracy <= 1
     assert json.loads(row.evaluations)["epoch"] == [0, 1, 2]
     assert len(json.loads(row.attention_entropy)) == 6 and len(json.loads(row.prompt_qk_bound)) == 6
-    assert sweeps.config_from_row(row) == config
-    vocabulary = sweeps.backbone_for(config).config.vocab_size
-    assert sweeps.data_for(config).inputs.max() < vocabulary  # cut by MiniLM's own tokenizer
+    assert config_from_row(row) == config
+    vocabulary = backbone_for(config).config.vocab_size
+    assert data_for(config).inputs.max() < vocabulary  # cut by MiniLM's own tokenizer
 
 
 @pytest.mark.parametrize("change, message", [
@@ -143,14 +146,14 @@ def test_a_pretrained_config_runs_end_to_end(tmp_path):
     (dict(test_n=10, labels="random"), "test_n is for text datasets"),
 ])
 def test_bad_checkpoint_and_evaluation_fields_are_refused(change, message):
-    config = sweeps.RunConfig(n=8, prompt_len=2, dataset="sst2")
+    config = RunConfig(n=8, prompt_len=2, dataset="sst2")
     with pytest.raises(ValueError, match=message):
         dataclasses.replace(config, **change).validate()
 
 
 @requires_packaged_minilm
 def test_a_shape_that_is_not_the_checkpoints_is_refused():
-    config = dataclasses.replace(sweeps.RunConfig(n=8, prompt_len=2, dataset="sst2"), model_name=MINILM,
+    config = dataclasses.replace(RunConfig(n=8, prompt_len=2, dataset="sst2"), model_name=MINILM,
                                  weights="random")  # the 2-layer width-512 shape of the default config
     with pytest.raises(ValueError, match="differ from the checkpoint .* build the config with checkpoint_base"):
         config.validate()
@@ -159,7 +162,7 @@ def test_a_shape_that_is_not_the_checkpoints_is_refused():
 @requires_local_data
 def test_test_n_beyond_the_test_split_is_refused():
     with pytest.raises(ValueError, match=r"test_n must be at most 872 \(the size of sst2/validation\)"):
-        sweeps.RunConfig(n=8, prompt_len=2, dataset="sst2", test_n=900).validate()
+        RunConfig(n=8, prompt_len=2, dataset="sst2", test_n=900).validate()
 
 
 @requires_packaged_minilm

@@ -1,5 +1,6 @@
 """A sweep killed with SIGKILL at random moments, results writes included, loses nothing and redoes nothing."""
 
+import dataclasses
 import multiprocessing
 import os
 import random
@@ -10,8 +11,10 @@ import pandas as pd
 import pytest
 import torch
 
-from promptmem import sweeps
-from promptmem.sweeps import ResultsStore, grid, run_sweep
+from promptmem import building, sweeps
+from promptmem.configs import grid
+from promptmem.store import ResultsStore
+from promptmem.sweeps import run_sweep
 from tests.test_sweeps import TINY
 
 CONFIGS = grid(TINY, prompt_len=[1, 2, 3, 4], seed=[0, 1])  # 8 configs of a fraction of a second each
@@ -27,7 +30,7 @@ def sweep_in_child(path, batched):
 
 
 def prefill(path):
-    row = sweeps.run_config(sweeps.dataclasses.replace(TINY, epochs=1, seed=999))
+    row = sweeps.run_config(dataclasses.replace(TINY, epochs=1, seed=999))
     filler = pd.DataFrame([row] * FILLER_ROWS).assign(config_id=[f"filler{i:07d}" for i in range(FILLER_ROWS)])
     filler.to_csv(path, index=False)
 
@@ -71,8 +74,8 @@ def test_sigkill_at_random_moments_loses_and_repeats_nothing(tmp_path, monkeypat
           f"{interrupted_writes} landed inside a results write")
     assert interrupted_runs >= TRIALS // 2 and interrupted_writes >= 1  # the kills did land mid-sweep and mid-write
     ran = []
-    real_setup = sweeps._setup  # what both a solo and a batched run build first
-    monkeypatch.setattr(sweeps, "_setup", lambda config: ran.append(config) or real_setup(config))
+    real_setup = building.setup_run  # what both a solo and a batched run build first
+    monkeypatch.setattr(building, "setup_run", lambda config: ran.append(config) or real_setup(config))
     result = run_sweep(CONFIGS, path, progress=False, batched=batched)
     assert {config.config_id for config in ran} == wanted - finished_before  # only the unfinished ones ran
     assert len(result) == len(CONFIGS) and set(result.config_id) == wanted

@@ -5,9 +5,14 @@ import pandas as pd
 import pytest
 import torch
 
-from promptmem import sweeps
+from promptmem import building, sweeps
 from promptmem.attention import prompt_attention_statistics
-from promptmem.sweeps import ResultsStore, RunConfig, best_setting, grid, min_prompt_length, run_sweep
+from promptmem.building import data_for, train_config
+from promptmem.configs import RunConfig, config_from_row, grid
+from promptmem.rows import ATTENTION_COLUMNS, RESULTS_SCHEMA
+from promptmem.store import REPLOT_ENV, ResultsStore, read_results, stored_table
+from promptmem.sweeps import run_sweep
+from promptmem.tables import best_setting, evaluation_curves, min_prompt_length, prompt_bounds, shortest_memorizing
 from tests.conftest import interrupt_at_call, requires_local_data
 
 # A few-second sweep: random tokens through a small random encoder.
@@ -168,47 +173,47 @@ def test_causal_config_trains(tmp_path):
 def test_a_row_gives_back_its_config_and_its_prompt(tmp_path):
     config = dataclasses.replace(TINY, epochs=5, batch_size=8)
     row = run_sweep([config], tmp_path / "r.csv", progress=False).iloc[0]
-    assert sweeps.config_from_row(row) == config
-    model, _, _ = sweeps.train_config(config)
-    again, _, _ = sweeps.train_config(sweeps.config_from_row(row))
+    assert config_from_row(row) == config
+    model, _, _ = train_config(config)
+    again, _, _ = train_config(config_from_row(row))
     assert torch.equal(model.prompt, again.prompt)  # deterministic: the finished run's prompt, exactly
 
 
 def test_rows_of_another_version_are_refused_not_misread(tmp_path):
     row = run_sweep([TINY], tmp_path / "r.csv", progress=False).iloc[0]
     with pytest.raises(ValueError, match="has no architecture"):
-        sweeps.config_from_row(row.drop("architecture"))  # a column an older version did not write
+        config_from_row(row.drop("architecture"))  # a column an older version did not write
     with pytest.raises(ValueError, match="does not match"):
-        sweeps.config_from_row(row.copy().replace({row["lr"]: 0.5}))
+        config_from_row(row.copy().replace({row["lr"]: 0.5}))
 
 
 def test_shortest_memorizing_run_per_n(tmp_path):
     results = pd.DataFrame({"method": ["prompt"] * 5 + ["scratch"], "n": [10, 10, 10, 20, 20, 10],
                             "prompt_len": [4, 2, 8, 8, 4, 0], "final_accuracy": [1.0, 1.0, 1.0, 1.0, 0.9, 1.0],
                             "labels": ["true"] * 5 + ["true"]})
-    shortest = sweeps.shortest_memorizing(results, labels="true")
+    shortest = shortest_memorizing(results, labels="true")
     assert shortest[["n", "prompt_len"]].values.tolist() == [[10, 2], [20, 8]]
-    assert sweeps.read_results(tmp_path, "99_missing") is None
+    assert read_results(tmp_path, "99_missing") is None
 
 
 def test_prompt_bounds_are_those_of_the_rows_prompts(tmp_path):
     rows = run_sweep(grid(TINY, prompt_len=[2, 3]), tmp_path / "r.csv", progress=False)
-    bounds = sweeps.prompt_bounds(rows)
+    bounds = prompt_bounds(rows)
     assert len(bounds) == 2 * TINY.num_layers and (bounds.bound > 0).all()
-    model, _, _ = sweeps.train_config(sweeps.config_from_row(rows.iloc[1]))  # deterministic: the row's prompt again
-    again = prompt_attention_statistics(model, sweeps.data_for(TINY).inputs)["bound"]
+    model, _, _ = train_config(config_from_row(rows.iloc[1]))  # deterministic: the row's prompt again
+    again = prompt_attention_statistics(model, data_for(TINY).inputs)["bound"]
     assert bounds[bounds.prompt_len == 3].bound.tolist() == pytest.approx(again, rel=1e-5)
 
 
 def test_a_replot_trains_nothing_and_measures_nothing(tmp_path, monkeypatch, counted_runs):
     run_sweep([TINY], tmp_path / "r.csv", progress=False)
-    monkeypatch.setenv(sweeps.REPLOT_ENV, "1")
+    monkeypatch.setenv(REPLOT_ENV, "1")
     assert len(run_sweep([TINY], tmp_path / "r.csv", progress=False)) == 1  # finished: read back
     with pytest.raises(RuntimeError, match="re-plot from results/ only.*1 of these configs"):
         run_sweep([TINY, dataclasses.replace(TINY, seed=7)], tmp_path / "r.csv", progress=False)
     assert len(counted_runs) == 1
     with pytest.raises(RuntimeError, match="does not hold these settings"):
-        sweeps.stored_table(tmp_path / "t.csv", lambda: pd.DataFrame({"x": [1]}), settings="a")
+        stored_table(tmp_path / "t.csv", lambda: pd.DataFrame({"x": [1]}), settings="a")
 
 
 def test_a_stored_table_is_computed_once_per_settings(tmp_path):
@@ -218,23 +223,23 @@ def test_a_stored_table_is_computed_once_per_settings(tmp_path):
         computed.append(1)
         return pd.DataFrame({"length": [4, 8], "seconds": [0.1, None]})
 
-    first = sweeps.stored_table(tmp_path / "t.csv", compute, settings=("quick", "cpu"))
-    again = sweeps.stored_table(tmp_path / "t.csv", compute, settings=("quick", "cpu"))
+    first = stored_table(tmp_path / "t.csv", compute, settings=("quick", "cpu"))
+    again = stored_table(tmp_path / "t.csv", compute, settings=("quick", "cpu"))
     pd.testing.assert_frame_equal(first, again)
     assert len(computed) == 1
-    sweeps.stored_table(tmp_path / "t.csv", compute, settings=("paper", "cpu"))  # other settings: measured again
+    stored_table(tmp_path / "t.csv", compute, settings=("paper", "cpu"))  # other settings: measured again
     assert len(computed) == 2
 def test_a_sweep_resumes_an_interrupted_run_from_its_checkpoint(tmp_path, monkeypatch):
     config = dataclasses.replace(TINY, epochs=9, early_stop=False, batch_size=8)
     reference = run_sweep([config], tmp_path / "reference.csv", progress=False).iloc[0]
-    real_train = sweeps.train
+    real_train = building.train
 
     def train_that_dies_in_epoch_eight(model, *args, **kwargs):
         interrupt_at_call(model, 7 * 2 + 1)  # 2 minibatches an epoch: the first step of epoch 8
         return real_train(model, *args, **kwargs)
 
     checkpoint = tmp_path / ".results.checkpoints" / f"{config.config_id}.pt"
-    monkeypatch.setattr(sweeps, "train", train_that_dies_in_epoch_eight)
+    monkeypatch.setattr(building, "train", train_that_dies_in_epoch_eight)
     with pytest.raises(KeyboardInterrupt):
         run_sweep([config], tmp_path / "results.csv", progress=False, checkpoint_every=3)
     assert checkpoint.exists()
@@ -245,7 +250,7 @@ def test_a_sweep_resumes_an_interrupted_run_from_its_checkpoint(tmp_path, monkey
         model.forward = lambda inputs: steps.append(1) or forward(inputs)
         return real_train(model, *args, **kwargs)
 
-    monkeypatch.setattr(sweeps, "train", counting_train)
+    monkeypatch.setattr(building, "train", counting_train)
     resumed = run_sweep([config], tmp_path / "results.csv", progress=False, checkpoint_every=3).iloc[0]
     assert len(steps) == 3 * 2 + 2  # epochs 7-9 (2 minibatches each) and the final evaluation, not all 9 epochs
     assert resumed.prompt_singular_values == reference.prompt_singular_values
@@ -262,14 +267,14 @@ def test_evaluation_curves_are_one_row_per_run_and_epoch():
     rows = pd.DataFrame({"seed": [0, 1], "evaluations": [
         json.dumps({"epoch": [0, 2], "train_accuracy": [0.5, 1.0], "test_accuracy": [0.4, 0.6]}),
         json.dumps({"epoch": [0, 2], "train_accuracy": [0.6, 0.9], "test_accuracy": [0.5, 0.5]})]})
-    curves = sweeps.evaluation_curves(rows, keep=["seed"])
+    curves = evaluation_curves(rows, keep=["seed"])
     assert curves.columns.tolist() == ["epoch", "train_accuracy", "test_accuracy", "seed"]
     assert curves.seed.tolist() == [0, 0, 1, 1] and curves.train_accuracy.tolist() == [0.5, 1.0, 0.6, 0.9]
 
 
 def test_prompt_rows_carry_the_attention_statistics(tmp_path):
     row = run_sweep([dataclasses.replace(TINY, epochs=3)], tmp_path / "r.csv", progress=False).iloc[0]
-    for column in sweeps.ATTENTION_COLUMNS.values():
+    for column in ATTENTION_COLUMNS.values():
         assert len(json.loads(row[column])) == TINY.num_layers, column
     assert pd.isna(row.test_accuracy) and pd.isna(row.evaluations)  # no held-out set, no curves asked for
 
@@ -277,13 +282,13 @@ def test_prompt_rows_carry_the_attention_statistics(tmp_path):
 def test_rows_of_an_older_version_run_again_and_of_a_newer_one_are_refused(tmp_path, counted_runs, capsys):
     path = tmp_path / "r.csv"
     first = run_sweep(grid(TINY, prompt_len=[1, 2]), path, progress=False)
-    assert first.results_schema.tolist() == [sweeps.RESULTS_SCHEMA] * 2
+    assert first.results_schema.tolist() == [RESULTS_SCHEMA] * 2
     # the file as the version before held-out accuracy and attention statistics wrote it
     first.drop(columns=["results_schema", "test_accuracy", "attention_entropy"]).to_csv(path, index=False)
     again = run_sweep(grid(TINY, prompt_len=[1, 2]), path, progress=False)
     assert len(counted_runs) == 4 and "2 rows of" in capsys.readouterr().out  # rerun, and said so
     assert again.attention_entropy.notna().all() and len(ResultsStore(path).load()) == 2
-    newer = ResultsStore(path).load().assign(results_schema=sweeps.RESULTS_SCHEMA + 1)
+    newer = ResultsStore(path).load().assign(results_schema=RESULTS_SCHEMA + 1)
     newer.to_csv(path, index=False)
     with pytest.raises(ValueError, match="written by a newer promptmem"):
         run_sweep(grid(TINY, prompt_len=[1, 2]), path, progress=False)

@@ -9,7 +9,14 @@ Modules, each one concern (each imports only modules listed above it):
     batched     many prompt runs on one frozen encoder trained together in shared passes
     spectra     singular-value spectra and effective ranks of data and prompts
     attention   exact and polynomial-method attention; attention statistics and the query/key bound B of prompts
-    sweeps      run configs, the crash-safe results store, minimal prompt length
+    configs     run configs: their fields, validation and ids; grids; the config of a results row
+    building    what a config trains: its frozen backbone and data (cached), model and training arguments
+    rows        a results row: its columns (metrics, prompt spectra, attention statistics) and schema version
+    store       the crash-safe results store, measurements kept beside it, re-plot mode
+    chunking    which configs share a batched pass, and chunks of them by memory and prompt length
+    sweeps      running configs: one alone, or a sweep that skips finished ones (batched on a GPU)
+    tables      finished rows into what the figures plot: best setting, minimal prompt length, bounds
+    reproducibility  what a rerun reproduces across machines and batch shapes, and within which tolerance
     profiles    paper / quick / auto, and each notebook's grids
     provenance  where the committed figures come from (figures/provenance.json); stripping executed notebooks
     theory      the papers' formulas (each with its source, exact or proxy) and power-law fits
@@ -17,12 +24,16 @@ Modules, each one concern (each imports only modules listed above it):
 """
 
 from .backbones import Backbone, available_checkpoint, pretrained_backbone, random_backbone
+from .building import backbone_for, data_for, test_data_for, train_config
+from .configs import RunConfig, checkpoint_base, config_from_row, grid
 from .data import PairData, load_tokenizer, low_rank_sequences, make_dataset, random_tokens, sample_texts
 from .model import SoftPromptModel
 from .profiles import (EFFICIENCY, GENERATION, INITIALIZATION, LOW_RANK, MEMORIZATION, init_scale_scan,
                        resolve_profile)
-from .sweeps import (RunConfig, ResultsStore, backbone_for, best_setting, checkpoint_base, config_from_row, data_for,
-                     evaluation_curves, grid, min_prompt_length, run_config, run_sweep, test_data_for, train_config)
+from .rows import device_name
+from .store import ResultsStore, read_results, stored_table
+from .sweeps import run_config, run_sweep
+from .tables import best_setting, evaluation_curves, min_prompt_length, prompt_bounds, shortest_memorizing
 from .training import select_precision, train
 
 __version__ = "0.1.0"

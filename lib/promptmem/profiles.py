@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 import torch
 
 from .backbones import ENCODER_2X512, MINILM, ROBERTA_BASE, available_checkpoint
-from .sweeps import ResultsStore, RunConfig, checkpoint_base
+from .configs import RunConfig, checkpoint_base
+from .store import ResultsStore
 
 PROFILES = ("auto", "paper", "quick")
 PROFILE_ENV = "PROMPTMEM_PROFILE"

@@ -20,7 +20,8 @@ import torch
 import transformers
 
 from .profiles import resolve_profile
-from .sweeps import device_name, write_atomically
+from .rows import device_name
+from .store import write_atomically
 from .training import default_device, select_precision
 
 PROVENANCE = Path("figures") / "provenance.json"  # relative to the repository root, where `make` runs

@@ -23,7 +23,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from .sweeps import ATTENTION_COLUMNS, ResultsStore
+from .rows import ATTENTION_COLUMNS
+from .store import ResultsStore
 
 # What the verdicts read: a rerun anywhere must give these exactly (accuracies are counts over n, curves included).
 EXACT_COLUMNS = ("status", "epochs_run", "final_accuracy", "test_accuracy", "trainable_params", "evaluations")

@@ -1,0 +1,104 @@
+"""The crash-safe results store: a CSV of results rows, one per finished config, rewritten whole into a temporary
+file and moved over the old one, so a crash leaves either the old or the new file, never half of one; measurements
+that are not training runs kept the same way (`stored_table`); and re-plot mode, in which nothing is computed anew."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import pandas as pd
+
+from .rows import RESULTS_SCHEMA, column_types
+
+# Set (to anything but 0) by `make figures`: notebooks re-plot from results/ and nothing may train or measure anew.
+REPLOT_ENV = "PROMPTMEM_REPLOT"
+
+
+def write_atomically(path: str | os.PathLike, write) -> None:
+    """`write(handle)` into a temporary file beside `path`, synced, then renamed over `path`: a crash leaves the old
+    file or the new one, never half of one (atomic on POSIX and Windows)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(temporary, "w", newline="") as handle:
+        write(handle)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temporary, path)
+
+
+class ResultsStore:
+    """A CSV of results rows, one per finished config, keyed by `config_id`."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+
+    def load(self) -> pd.DataFrame:
+        if not self.path.exists():
+            return pd.DataFrame()
+        frame = pd.read_csv(self.path, dtype=column_types())
+        if len(frame) and "config_id" not in frame.columns:
+            raise ValueError(f"{self.path} is not a promptmem results file (no config_id column)")
+        newest = frame["results_schema"].max() if "results_schema" in frame.columns and len(frame) else None
+        if newest is not None and newest > RESULTS_SCHEMA:
+            raise ValueError(f"{self.path} holds rows of results schema {newest}, written by a newer promptmem than "
+                             f"this one (schema {RESULTS_SCHEMA}): upgrade promptmem, or move the file away")
+        return frame
+
+    def finished_ids(self) -> set[str]:
+        """The configs whose rows this version wrote (schema RESULTS_SCHEMA): older rows do not count as finished."""
+        frame = self.load()
+        if not len(frame) or "results_schema" not in frame.columns:
+            return set()
+        return set(frame.loc[frame["results_schema"].fillna(0) == RESULTS_SCHEMA, "config_id"])
+
+    def older_ids(self) -> set[str]:
+        """The configs whose rows an older version wrote (no results_schema, or a lower one)."""
+        frame = self.load()
+        if not len(frame):
+            return set()
+        if "results_schema" not in frame.columns:
+            return set(frame["config_id"])
+        return set(frame.loc[frame["results_schema"].fillna(0) < RESULTS_SCHEMA, "config_id"])
+
+    def put(self, row: dict) -> None:
+        """Add a row, replacing any earlier row of the same config (`write_atomically`)."""
+        frame = self.load()
+        if len(frame):
+            frame = frame[frame["config_id"] != row["config_id"]]
+        frame = pd.concat([frame, pd.DataFrame([row])], ignore_index=True)
+        write_atomically(self.path, lambda handle: frame.to_csv(handle, index=False))
+
+
+def replotting() -> bool:
+    """Whether PROMPTMEM_REPLOT asks for figures from results/ alone."""
+    return os.environ.get(REPLOT_ENV, "").strip() not in ("", "0")
+
+
+def stored_table(path: str | os.PathLike, compute, settings) -> pd.DataFrame:
+    """A measurement that is not a training run (error grids, timings), kept in results/: read back when the file
+    holds it for these `settings` (any value with a stable repr: a profile's settings, a device), computed and
+    saved otherwise (never while re-plotting)."""
+    path = Path(path)
+    settings_id = hashlib.sha1(repr(settings).encode()).hexdigest()[:12]
+    if path.exists():
+        stored = pd.read_csv(path)
+        if "settings_id" in stored.columns and (stored.settings_id == settings_id).all():
+            return stored.drop(columns="settings_id")
+    if replotting():
+        raise RuntimeError(f"{REPLOT_ENV} is set (re-plot from results/ only), but {path} does not hold these "
+                           f"settings: run `make reproduce` (or the notebook) to measure them")
+    table = compute().assign(settings_id=settings_id)
+    write_atomically(path, lambda handle: table.to_csv(handle, index=False))
+    return pd.read_csv(path).drop(columns="settings_id")  # as a later read gives it: the same figures either way
+
+
+def read_results(results_dir: str | os.PathLike, notebook: str) -> pd.DataFrame | None:
+    """Another notebook's results table, or None (saying so) when that notebook has not run yet."""
+    path = Path(results_dir) / f"{notebook}.csv"
+    if not path.exists():
+        print(f"{path} is missing (run notebook {notebook}): what needs it shows the theory alone")
+        return None
+    return ResultsStore(path).load()

@@ -1,0 +1,57 @@
+"""Finished results rows read into what the figures plot: the best setting, the minimal prompt length per setting,
+the shortest memorizing run per n, the accuracy curves over epochs and the trained prompts' query/key bounds."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+
+
+def best_setting(results: pd.DataFrame, column: str):
+    """The value of `column` with the highest final accuracy; ties go to the run that memorized in fewer
+    epochs, then to the smaller value."""
+    ranked = results.sort_values(["final_accuracy", "epochs_run", column], ascending=[False, True, True])
+    return ranked[column].iloc[0].item()
+
+
+def min_prompt_length(results: pd.DataFrame, by: list[str], target: float = 1.0) -> pd.DataFrame:
+    """Per setting (the columns `by`), the smallest prompt length whose accuracy reaches `target`.
+
+    Settings where no prompt length reaches it get NaN, and `max_prompt_len_tried` says how far the grid went.
+    """
+    runs = results[results["method"] == "prompt"]
+    rows = []
+    for key, group in runs.groupby(by, sort=True):
+        reached = group.loc[group["final_accuracy"] >= target - 1e-9, "prompt_len"]
+        rows.append({**dict(zip(by, key if isinstance(key, tuple) else (key,))),
+                     "min_prompt_len": reached.min() if len(reached) else float("nan"),
+                     "max_prompt_len_tried": group["prompt_len"].max()})
+    return pd.DataFrame(rows)
+
+
+def evaluation_curves(rows: pd.DataFrame, keep: list[str]) -> pd.DataFrame:
+    """The accuracy curves of runs with `eval_every`: one row per run and evaluated epoch (columns epoch,
+    train_accuracy, test_accuracy), with the run's columns `keep` beside them."""
+    runs = rows.to_dict("records")
+    return pd.concat([pd.DataFrame(json.loads(run["evaluations"])).assign(**{name: run[name] for name in keep})
+                      for run in runs], ignore_index=True)
+
+
+def shortest_memorizing(results: pd.DataFrame, target: float = 1.0, **match) -> pd.DataFrame:
+    """Per n, the prompt run of the shortest prompt reaching `target`, among the rows whose columns equal `match`."""
+    rows = results[(results["method"] == "prompt") & (results["final_accuracy"] >= target - 1e-9)]
+    for column, value in match.items():
+        rows = rows[rows[column] == value]
+    return rows.sort_values("prompt_len").groupby("n", as_index=False).head(1).sort_values("n")
+
+
+def prompt_bounds(rows: pd.DataFrame) -> pd.DataFrame:
+    """Per prompt run and layer: the max-norm bound B of its trained prompt's queries and keys, as its results row
+    stores it (`prompt_qk_bound`, measured by attention.prompt_attention_statistics when the run ended)."""
+    measured = [{"config_id": row["config_id"], "dataset": row["dataset"], "labels": row["labels"], "n": row["n"],
+                 "prompt_len": row["prompt_len"], "length": row["prompt_len"] + row["seq_len"], "layer": layer,
+                 "bound": bound}
+                for row in rows.to_dict("records") for layer, bound in enumerate(json.loads(row["prompt_qk_bound"]), 1)]
+    return pd.DataFrame(measured, columns=["config_id", "dataset", "labels", "n", "prompt_len", "length", "layer",
+                                           "bound"])
