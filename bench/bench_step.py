@@ -1,17 +1,21 @@
-"""The training step against PEFT's prompt tuning, the batched sweep against one config at a time, and both against
-the machine's measured matmul peak; in one run, on identical work. Writes bench/results/<device>.json.
+"""The library's training step against PEFT's prompt tuning and against its own step before the readout encoder, the
+batched sweep against one config at a time, and all against the machine's measured matmul peak; in one run, on
+identical work. Writes bench/results/<device>.json.
 
-    python bench/bench_step.py            # the issue's shapes on a GPU; the same shrunk on a CPU (labelled)
+    python bench/bench_step.py            # the issue's shapes (a GPU: n = 2000 and 3600; a CPU: n = 400 and 1600)
     python bench/bench_step.py --smoke    # seconds: checks that the benchmark runs, measures nothing useful
 
-(a) one full-batch step, 8 prompt + 8 data tokens, on the 2-layer width-512 encoder at n = 2000 and 3600 and on
-    RoBERTa-base's shape at n = 2000 (random weights: only the shape matters): Hugging Face PEFT's prompt tuning
-    (`PromptTuningConfig`, a standard AdamW loop; only the prompt trains, as in the library) against the library's
-    step (`batched.train_together`, what a sweep uses on a GPU). bf16 autocast on a GPU that has it, fp32 on a CPU.
+(a) one full-batch step, 8 prompt + 8 data tokens, on the 2-layer width-512 encoder and on RoBERTa-base's shape
+    (random weights: only the shape matters), four ways: Hugging Face PEFT's prompt tuning (`PromptTuningConfig`, a
+    standard AdamW loop, only the prompt trains) in fp32 and under bf16 autocast where the machine computes bf16
+    natively (the best of the two counts, as a user would pick it); the library's step before the readout encoder
+    (fp32, Hugging Face's forward with sdpa attention); and the library's step as `run_config` takes it now (the
+    precision `select_precision` picks: bf16 through the readout encoder where the machine has bf16).
 (b) a sweep of 6 prompt lengths x 3 dataset sizes on the 2-layer encoder through `run_sweep`: one config at a time
     against the batched sweep (runs of similar prompt length share passes), the same epochs, no early stop.
-(c) the peak: a large matmul timed in the same run; each step's FLOPs counted (forward and the backward pass to the
-    input, no weight gradients) and divided by its time.
+(c) the peak: a large matmul in the machine's best precision (bf16 where it is native), timed in the same run; each
+    step's FLOPs counted as it does them (forward and the backward pass to the input, no weight gradients; the
+    readout encoder's last layer at one position) and divided by its time.
 """
 
 from __future__ import annotations
@@ -34,14 +38,15 @@ from promptmem.model import SoftPromptModel
 from promptmem.chunking import default_tokens_per_pass, plan_chunks
 from promptmem.configs import RunConfig, grid
 from promptmem.sweeps import run_sweep
-from promptmem.training import autocast, select_precision
+from promptmem.training import autocast, cpu_has_native_bf16, select_precision, train
 
 SHAPES = {"2-layer width 512": dict(num_layers=2, hidden_size=512, num_heads=8, ffn_size=2048),
           "RoBERTa-base": dict(num_layers=12, hidden_size=768, num_heads=12, ffn_size=3072)}
-STEP_CASES = [("2-layer width 512", 2000), ("2-layer width 512", 3600), ("RoBERTa-base", 2000)]
+STEP_CASES = {"cuda": [("2-layer width 512", 2000), ("2-layer width 512", 3600), ("RoBERTa-base", 2000)],
+              "cpu": [("2-layer width 512", 400), ("2-layer width 512", 1600), ("RoBERTa-base", 100)]}
 SWEEP = dict(prompt_lengths=(1, 2, 4, 8, 16, 32), sizes=(1600, 2500, 3600), epochs=20)
 PROMPT_LEN, SEQ_LEN, VOCAB = 8, 8, 50265
-# On a CPU the same cases with n divided by this (RoBERTa-base by 4x more), and a shorter sweep.
+# On a CPU the sweep's sizes are divided by this, and it runs fewer epochs.
 CPU_SHRINK = 20
 
 
@@ -50,19 +55,23 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def step_flops(shape: dict, n: int, length: int) -> float:
+def step_flops(shape: dict, n: int, length: int, readout: bool = False) -> float:
     """Forward plus the backward pass to the input (frozen weights: no weight gradients) of one full batch.
     Per layer and token, forward: 2 (4 d^2 + 2 d f) for the projections and the FFN, 4 L d for Q K^T and A V;
     backward to the input: the projections once more (dX = dY W^T), the attention products twice (dQ, dK and
-    dA, dV)."""
+    dA, dV). With `readout` (the readout encoder), the last layer projects keys and values at all L positions and
+    computes the query, attention, output projection and FFN at one position per sequence."""
     d, f = shape["hidden_size"], shape["ffn_size"]
     linear = 2 * (4 * d * d + 2 * d * f)
     attention = 4 * length * d
-    return shape["num_layers"] * n * length * (2 * linear + 3 * attention)
+    if not readout:
+        return shape["num_layers"] * n * length * (2 * linear + 3 * attention)
+    last = n * (2 * (2 * 2 * d * d * length + 2 * (2 * d * d + 2 * d * f)) + 3 * attention)
+    return (shape["num_layers"] - 1) * n * length * (2 * linear + 3 * attention) + last
 
 
 def matmul_peak(device: torch.device, precision: str, size: int, repeats: int) -> float:
-    """TFLOP/s of a size^3 matmul in the step's precision (bf16 / fp16 on a GPU, fp32 on a CPU)."""
+    """TFLOP/s of a size^3 matmul in `precision`."""
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
     a, b = (torch.randn(size, size, device=device, dtype=dtype) for _ in range(2))
     for _ in range(3):
@@ -73,6 +82,14 @@ def matmul_peak(device: torch.device, precision: str, size: int, repeats: int) -
         a @ b
     synchronize(device)
     return 2 * size ** 3 * repeats / (time.perf_counter() - start) / 1e12
+
+
+def best_precision(device: torch.device) -> str:
+    """The machine's fastest matmul precision: on a GPU what `select_precision` picks by compute capability, on a CPU
+    bf16 where it computes bf16 natively, fp32 otherwise."""
+    if device.type == "cuda":
+        return select_precision(device)
+    return "bf16" if cpu_has_native_bf16() else "fp32"
 
 
 def peak_memory(device: torch.device, work) -> tuple[float, float | None]:
@@ -93,10 +110,14 @@ REPEATS = 3  # each timing taken this often, interleaved with the other's; the f
 
 
 def library_step(backbone, inputs, labels, precision, device, epochs: int):
-    """A function timing the library's training step: seconds per step from the difference of two runs of different
-    lengths (setup and final evaluation cancel), and the peak memory of the longer run."""
+    """A function timing the library's training step as a sweep runs it on `device` (alone on a CPU, batched on a
+    GPU): seconds per step from the difference of two runs of different lengths (setup and final evaluation
+    cancel), and the peak memory of the longer run."""
     def run(length):
         model = SoftPromptModel(backbone, PROMPT_LEN, seed=0)
+        if device.type == "cpu":
+            return peak_memory(device, lambda: train(model, inputs, labels, epochs=length, lr=1e-3, early_stop=False,
+                                                     precision=precision, device=device, progress=False))
         return peak_memory(device, lambda: train_together(
             [Run(model, inputs, labels, epochs=length, lr=1e-3, early_stop=False)], precision=precision, device=device,
             progress=False, sync_every=length))
@@ -143,37 +164,48 @@ def fastest(*measures) -> list[tuple[float, float]]:
     return [min(times, key=lambda taken_once: taken_once[0]) for times in zip(*taken)]
 
 
-def step_benchmarks(device, precision, shrink: int, steps: int, peak: float, cases=STEP_CASES) -> list[dict]:
+def step_benchmarks(device, steps: int, peak: float, cases) -> list[dict]:
     rows = []
-    for shape_name, paper_n in cases:
+    for shape_name, n in cases:
         shape = SHAPES[shape_name]
-        n = max(paper_n // (shrink * (4 if shape_name == "RoBERTa-base" and shrink > 1 else 1)), 2)
         backbone = random_backbone(init_scale=0.02, seed=0, **shape).to(device)
         generator = torch.Generator().manual_seed(0)
         inputs = torch.randint(4, VOCAB, (n, SEQ_LEN), generator=generator).to(device)
         labels = torch.randint(0, 2, (n,), generator=generator).to(device)
-        peft_model = copy.deepcopy(backbone.hf_model)  # PEFT rewraps the model it is given
-        (library_seconds, library_memory), (peft_seconds, peft_memory) = fastest(
-            library_step(backbone, inputs, labels, precision, device, steps),
-            peft_step(peft_model, inputs, labels, precision, device, steps))
-        flops = step_flops(shape, n, PROMPT_LEN + SEQ_LEN)
-        rows.append({"shape": shape_name, "n": n, "prompt_len": PROMPT_LEN, "seq_len": SEQ_LEN,
-                     "peft_ms": 1e3 * peft_seconds, "library_ms": 1e3 * library_seconds,
-                     "throughput_vs_peft": peft_seconds / library_seconds, "step_tflop": flops / 1e12,
-                     "library_tflops": flops / library_seconds / 1e12, "peft_tflops": flops / peft_seconds / 1e12,
-                     "library_fraction_of_peak": flops / library_seconds / 1e12 / peak,
-                     "library_peak_gib": library_memory, "peft_peak_gib": peft_memory})
-        print(f"  {shape_name}, n={n}: PEFT {rows[-1]['peft_ms']:.1f} ms, library {rows[-1]['library_ms']:.1f} ms "
-              f"({rows[-1]['throughput_vs_peft']:.2f}x), {rows[-1]['library_tflops']:.2f} TFLOP/s "
-              f"= {100 * rows[-1]['library_fraction_of_peak']:.0f}% of peak", flush=True)
+        now = select_precision(device, SoftPromptModel(backbone, PROMPT_LEN))
+        peft_precisions = sorted({"fp32", best_precision(device)}) if device.type == "cpu" else [best_precision(device)]
+        # PEFT rewraps the model it is given: a copy each
+        peft = {precision: peft_step(copy.deepcopy(backbone.hf_model), inputs, labels, precision, device, steps)
+                for precision in peft_precisions}
+        library = {"before": library_step(backbone, inputs, labels, "fp32", device, steps),
+                   "now": library_step(backbone, inputs, labels, now, device, steps)}
+        timed = dict(zip([*(f"peft {p}" for p in peft), *library], fastest(*peft.values(), *library.values())))
+        best_peft = min((name for name in timed if name.startswith("peft")), key=lambda name: timed[name][0])
+        full, readout = step_flops(shape, n, PROMPT_LEN + SEQ_LEN), step_flops(shape, n, PROMPT_LEN + SEQ_LEN, True)
+        flops = {"before": full, "now": readout if now != "fp32" and backbone.has_readout_encoder else full}
+        row = {"shape": shape_name, "n": n, "prompt_len": PROMPT_LEN, "seq_len": SEQ_LEN, "precision_now": now,
+               **{f"{name.replace(' ', '_')}_ms": 1e3 * seconds for name, (seconds, _) in timed.items()},
+               "peft_best": best_peft, "peft_best_ms": 1e3 * timed[best_peft][0],
+               "now_vs_peft_best": timed[best_peft][0] / timed["now"][0],
+               "now_vs_before": timed["before"][0] / timed["now"][0],
+               "step_tflop_full": full / 1e12, "step_tflop_readout": readout / 1e12,
+               **{f"{name}_tflops": flops[name] / timed[name][0] / 1e12 for name in library},
+               "now_fraction_of_peak": flops["now"] / timed["now"][0] / 1e12 / peak,
+               "peft_best_tflops": full / timed[best_peft][0] / 1e12,
+               **{f"{name.replace(' ', '_')}_peak_gib": memory for name, (_, memory) in timed.items()}}
+        rows.append(row)
+        print(f"  {shape_name}, n={n}: {best_peft} {row['peft_best_ms']:.1f} ms, library before (fp32 sdpa) "
+              f"{row['before_ms']:.1f} ms, now ({now}) {row['now_ms']:.1f} ms: {row['now_vs_before']:.2f}x before, "
+              f"{row['now_vs_peft_best']:.2f}x PEFT's best, {row['now_tflops']:.2f} TFLOP/s = "
+              f"{100 * row['now_fraction_of_peak']:.0f}% of the peak", flush=True)
     return rows
 
 
-def sweep_benchmark(device, precision, shrink: int, epochs: int, prompt_lengths, sizes) -> dict:
+def sweep_benchmark(device, shrink: int, epochs: int, prompt_lengths, sizes) -> dict:
     """6 prompt lengths x 3 sizes on the 2-layer encoder, through `run_sweep` (random tokens, no early stop): one
     config at a time against the batched sweep, results store and rows included."""
     base = RunConfig(n=2, prompt_len=1, dataset="random_tokens", labels="random", seq_len=SEQ_LEN, epochs=epochs,
-                     lr=0.005, init_scale=0.3, early_stop=False, precision=precision,
+                     lr=0.005, init_scale=0.3, early_stop=False,
                      **SHAPES["2-layer width 512"])
     configs = grid(base, n=[max(n // shrink, 2) for n in sizes], prompt_len=list(prompt_lengths))
     with tempfile.TemporaryDirectory() as folder:
@@ -204,22 +236,20 @@ def main(argv=None) -> dict:
     parser.add_argument("--smoke", action="store_true", help="tiny shapes, a few steps: checks that it runs")
     arguments = parser.parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    precision = select_precision(device)
     smoke, on_cpu = arguments.smoke, device.type == "cpu"
-    shrink = 400 if smoke else CPU_SHRINK if on_cpu else 1
     steps = 1 if smoke else 3 if on_cpu else 20
-    print(f"{device_label(device)}, {precision}; n shrunk {shrink}x" if shrink > 1 else
-          f"{device_label(device)}, {precision}", flush=True)
-    peak = matmul_peak(device, precision, 256 if smoke else 2048 if on_cpu else 8192, 2 if smoke else 10)
-    print(f"  measured matmul peak: {peak:.1f} TFLOP/s", flush=True)
-    cases = [("2-layer width 512", 2000)] if smoke else STEP_CASES
+    peak_precision = best_precision(device)
+    print(device_label(device), flush=True)
+    peak = matmul_peak(device, peak_precision, 256 if smoke else 4096 if on_cpu else 8192, 2 if smoke else 10)
+    print(f"  measured {peak_precision} matmul peak: {peak:.2f} TFLOP/s", flush=True)
+    cases = [("2-layer width 512", 8)] if smoke else STEP_CASES[device.type]
+    shrink = 400 if smoke else CPU_SHRINK if on_cpu else 1
     sweep = dict(SWEEP, prompt_lengths=SWEEP["prompt_lengths"][:2], sizes=SWEEP["sizes"][:2], epochs=2) if smoke \
         else dict(SWEEP, epochs=3) if on_cpu else SWEEP
-    report = {"device": device_label(device), "precision": precision, "torch": torch.__version__,
-              "transformers": transformers.__version__, "peft": __import__("peft").__version__,
-              "n_shrunk_by": shrink, "smoke": smoke, "peak_matmul_tflops": peak,
-              "steps": step_benchmarks(device, precision, shrink, steps, peak, cases),
-              "sweep": sweep_benchmark(device, precision, shrink, **sweep)}
+    report = {"device": device_label(device), "torch": torch.__version__, "transformers": transformers.__version__,
+              "peft": __import__("peft").__version__, "smoke": smoke, "peak_precision": peak_precision,
+              "peak_matmul_tflops": peak, "steps": step_benchmarks(device, steps, peak, cases),
+              "sweep": {"n_shrunk_by": shrink, **sweep_benchmark(device, shrink, **sweep)}}
     folder = Path(arguments.out)
     folder.mkdir(parents=True, exist_ok=True)
     name = re.sub(r"[^a-z0-9]+", "-", report["device"].lower()).strip("-")

@@ -1,17 +1,19 @@
 """How closely a rerun reproduces finished results rows, measured three ways on one machine in one run:
 
-    across machines     the stored rows (made on another machine) against the same configs rerun here, alone
+    across machines     the stored rows (made where they were made) against the same configs rerun here, alone
     across kernel sets  rerun here alone, with this machine's kernels against the AVX2 kernel set
                         (reproducibility.OTHER_KERNELS: what a machine without AVX-512 or AMX would run)
     across batch shapes rerun here alone against the same configs trained together in batched passes
 
-for two sets of rows: the short runs of tests/reference_rows.csv (the tests' tiny encoder and decoder, 30 epochs at
-most), and every row in results/ (the notebooks' quick profile: up to 100 epochs). For each: how many configs, how
+for three sets of rows: the short fp32 runs of tests/reference_rows.csv (the tests' tiny encoder and decoder, 30 epochs
+at most); the same prompt runs on the encoder trained in bf16 through the readout encoder ("reference-bf16", each
+compared with its fp32 row: across precisions, then across kernel sets and batch shapes in bf16); and every row in
+results/ (the notebooks' quick profile: up to 100 epochs). For each: how many configs, how
 many differed in a column that must be exact (status, epochs, accuracies, curves), and per float column the largest
 relative difference and the share of bit-identical values. Writes bench/results/determinism-cpu.json;
 reproducibility.RELATIVE_TOLERANCE and the README's reliability section come from it.
 
-    python bench/determinism.py                     # both sets (about 30 min on 2 CPU cores)
+    python bench/determinism.py                     # every set (about 30 min on 2 CPU cores)
     python bench/determinism.py --set reference     # the short runs alone (a minute)
     python bench/determinism.py --write-reference   # make tests/reference_rows.csv anew, on this machine
 """
@@ -43,8 +45,9 @@ RESULTS = ROOT / "results"
 REFERENCE = ROOT / "tests" / "reference_rows.csv"
 # The short runs: random tokens through the tests' tiny encoder, as the tests train it, and one of each other path
 # (minibatches, continuous low-rank inputs, a causal decoder generating 2 steps, a model trained from scratch).
+# fp32: the precision every machine computes alike (bf16 runs only where it is native, so never across kernel sets).
 TINY = RunConfig(n=16, prompt_len=2, seq_len=4, dataset="random_tokens", labels="random", hidden_size=32,
-                 num_heads=2, ffn_size=64, init_scale=0.3, epochs=30, lr=0.05)
+                 num_heads=2, ffn_size=64, init_scale=0.3, epochs=30, lr=0.05, precision="fp32")
 REFERENCE_CONFIGS = [
     *grid(TINY, n=[16, 24], prompt_len=[1, 2, 4], seed=[0, 1]),
     dataclasses.replace(TINY, batch_size=8, epochs=10),
@@ -56,17 +59,24 @@ REFERENCE_CONFIGS = [
 
 def stored_rows(which: str) -> dict[str, Path]:
     """Results file name -> the stored file, for the set `which`."""
-    if which == "reference":
+    if which.startswith("reference"):
         return {REFERENCE.name: REFERENCE}
     return {path.name: path for path in sorted(RESULTS.glob("0*.csv"))
             if "config_id" in pd.read_csv(path, nrows=0).columns}
 
 
 def rerun(which: str, out: Path, batched: bool) -> None:
-    """Worker: every stored config of the set again into `out`, alone or batched."""
+    """Worker: every stored config of the set again into `out`, alone or batched. The set "reference-bf16" takes the
+    reference's prompt runs on the encoder in bf16 (the readout encoder) and files each row under its fp32 config's
+    id, so that it is compared with the fp32 row."""
     for name, path in stored_rows(which).items():
         configs = [config_from_row(row) for row in ResultsStore(path).load().to_dict("records")]
-        run_sweep(configs, out / name, batched=batched, progress=False)
+        if which == "reference-bf16":
+            fp32 = [c for c in configs if c.method == "prompt" and c.architecture == "roberta"]
+            configs = [dataclasses.replace(c, precision="bf16") for c in fp32]
+        rows = run_sweep(configs, out / name, batched=batched, progress=False)
+        if which == "reference-bf16":
+            rows.assign(config_id=[c.config_id for c in fp32]).to_csv(out / name, index=False)
     print(json.dumps({"cpu_capability": torch.backends.cpu.get_cpu_capability()}))
 
 
@@ -87,7 +97,8 @@ def measure(which: str) -> dict:
         capabilities = {"here": worker(which, alone, False, {}),
                         "other kernels": worker(which, kernels, False, reproducibility.OTHER_KERNELS)}
         worker(which, together, True, {})
-        comparisons = {"across machines (stored rows against a rerun here)": (stored, alone),
+        comparisons = {"stored rows against a rerun here (across machines where they were made elsewhere)":
+                       (stored, alone),
                        "across kernel sets (here, against the other kernel set)": (alone, kernels),
                        "across batch shapes (alone, against batched)": (alone, together)}
         return {"cpu_capability": capabilities,
@@ -99,7 +110,7 @@ def measure(which: str) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--set", choices=("reference", "notebooks", "both"), default="both")
+    parser.add_argument("--set", choices=("reference", "reference-bf16", "notebooks", "all"), default="all")
     parser.add_argument("--write-reference", action="store_true")
     parser.add_argument("--worker", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--batched", action="store_true", help=argparse.SUPPRESS)
@@ -116,7 +127,7 @@ def main() -> None:
     record |= {"device": device_name(torch.device("cpu")), "processor": platform.processor() or platform.machine(),
                "other_kernels": reproducibility.OTHER_KERNELS, "torch": torch.__version__,
                "transformers": transformers.__version__}
-    for which in ("reference", "notebooks") if arguments.set == "both" else (arguments.set,):
+    for which in ("reference", "reference-bf16", "notebooks") if arguments.set == "all" else (arguments.set,):
         record[which] = measure(which)
         out.write_text(json.dumps(record, indent=2) + "\n")
     print(json.dumps(record, indent=2))

@@ -31,7 +31,7 @@ def test_a_run_is_recorded_with_where_how_and_how_long(executed, tmp_path):
     record_path = tmp_path / "provenance.json"
     entry = provenance.record(executed, "quick", record_path)
     assert entry["profile"] == "quick" and entry["wall_seconds"] == 12.3
-    assert entry["device"].startswith("cpu") and entry["precision"] == "fp32" and entry["torch"]
+    assert entry["device"].startswith("cpu") and entry["precisions"] == [] and entry["torch"]  # no results file
     assert json.loads(record_path.read_text()) == {"07_example": entry}
     assert provenance.recorded_profile(executed, record_path) == "quick"
     with pytest.raises(ValueError, match="no entry for 08_missing"):

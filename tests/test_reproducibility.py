@@ -64,12 +64,14 @@ PROBE = """
 import numpy
 import torch
 print("aten", torch.backends.cpu.get_cpu_capability(), flush=True)
-with torch.backends.mkldnn.verbose(torch.backends.mkldnn.VERBOSE_ON), torch.backends.mkl.verbose(torch.backends.mkl.VERBOSE_ON):
+from torch.backends import mkl, mkldnn
+with mkldnn.verbose(mkldnn.VERBOSE_ON), mkl.verbose(mkl.VERBOSE_ON):
     torch.randn(64, 64) @ torch.randn(64, 64)
     torch.nn.functional.gelu(torch.randn(64, 64))  # an elementwise op that torch hands to oneDNN
 from promptmem.backbones import random_backbone
 from promptmem.model import SoftPromptModel
-backbone = random_backbone(seed=0, num_layers=2, hidden_size=32, num_heads=2, ffn_size=64, vocab_size=100, init_scale=0.3)
+backbone = random_backbone(seed=0, num_layers=2, hidden_size=32, num_heads=2, ffn_size=64, vocab_size=100,
+                           init_scale=0.3)
 model = SoftPromptModel(backbone, 3)
 torch.manual_seed(0)
 inputs = torch.randint(4, 100, (16, 4))

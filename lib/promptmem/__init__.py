@@ -2,10 +2,11 @@
 
 Modules, each one concern (each imports only modules listed above it):
     data        IMDb / SST-2 cut to N tokens, random tokens; hub or PROMPTMEM_DATA_DIR
+    readout     a frozen encoder's hidden state at the readout position, computing only what it needs (bf16 or fp32)
     backbones   frozen Hugging Face encoders and causal decoders: random (explicit init scale), or a pretrained
                 checkpoint's architecture with its weights as trained, shuffled or drawn afresh
     model       the soft-prompt model
-    training    the training step (precision by compute capability, AdamW, early stop, held-out evaluation)
+    training    the training step (the precision measured fastest, AdamW, early stop, fp32 evaluation)
     batched     many prompt runs on one frozen encoder trained together in shared passes
     spectra     singular-value spectra and effective ranks of data and prompts
     attention   exact and polynomial-method attention; attention statistics and the query/key bound B of prompts

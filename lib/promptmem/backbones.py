@@ -38,6 +38,7 @@ from transformers import AutoConfig, AutoModelForSequenceClassification, GPT2Con
 from transformers.utils import logging as hf_logging
 
 from . import data
+from .readout import ENCODER_TYPES, ReadoutEncoder
 
 # The encoder of the paper-profile memorization experiments: RoBERTa architecture, 2 layers, width 512.
 ENCODER_2X512 = dict(num_layers=2, hidden_size=512, num_heads=8, ffn_size=2048)
@@ -65,6 +66,7 @@ class Backbone(nn.Module):
         self.config = hf_model.config
         self.requires_grad_(trainable)
         self.eval()
+        self._readout_encoders = {}  # (dtype, device) -> ReadoutEncoder
 
     @property
     def position_offset(self) -> int:
@@ -79,6 +81,12 @@ class Backbone(nn.Module):
     @property
     def is_causal(self) -> bool:
         return self.config.model_type == "gpt2"
+
+    @property
+    def has_readout_encoder(self) -> bool:
+        """Whether `readout` can use a `ReadoutEncoder`: a frozen encoder of the BERT family."""
+        return (not self.is_causal and self.config.model_type in ENCODER_TYPES
+                and not any(p.requires_grad for p in self.hf_model.parameters()))
 
     @property
     def word_embeddings(self) -> nn.Embedding:
@@ -99,6 +107,19 @@ class Backbone(nn.Module):
         default numbering (batched runs give each row the positions of its solo run)."""
         return self.hf_model.base_model(inputs_embeds=inputs_embeds, attention_mask=attention_mask,
                                         position_ids=position_ids).last_hidden_state
+
+    def readout(self, inputs_embeds: torch.Tensor, position: int, attention_mask: torch.Tensor | None = None,
+                position_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """The last hidden state (B, d) at `position`, as `encode` gives it. Under bf16 or fp16 autocast a frozen
+        encoder computes it with `readout.ReadoutEncoder`: its weights cast to that dtype once, and in the last
+        layer only what `position` needs. In fp32, and for causal or trainable models, it is `encode`'s."""
+        device = inputs_embeds.device.type
+        if not self.has_readout_encoder or not torch.is_autocast_enabled(device):
+            return self.encode(inputs_embeds, attention_mask, position_ids)[:, position]
+        key = (torch.get_autocast_dtype(device), inputs_embeds.device)
+        if key not in self._readout_encoders:  # the frozen weights in that dtype, on that device, made once
+            self._readout_encoders[key] = ReadoutEncoder(self.hf_model, key[0])
+        return self._readout_encoders[key](inputs_embeds, position, attention_mask, position_ids)
 
     def generate(self, inputs_embeds: torch.Tensor, steps: int) -> torch.Tensor:
         """Causal models: run over the embeddings, then generate `steps` continuous tokens, each the last final

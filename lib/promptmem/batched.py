@@ -88,7 +88,7 @@ def train_together(runs: list[Run], *, precision: str = "auto", device: torch.de
     `training.train`, and a run that finds its file continues from it (in a batch or alone)."""
     _check_runs(runs, precision, sync_every)
     device = torch.device(device) if device is not None else default_device()
-    precision = select_precision(device) if precision == "auto" else precision
+    precision = select_precision(device, runs[0].model) if precision == "auto" else precision
     backbone = runs[0].model.backbone.to(device)
     for run in runs:
         run.model.to(device)
@@ -176,8 +176,10 @@ class _Batch:
     def __init__(self, backbone, device: torch.device, precision: str):
         self.backbone, self.device, self.precision = backbone, device, precision
 
-    def forward(self, slots: list[_Slot], rows: list[torch.Tensor | None], split: str = "train"):
-        """Logits of the chosen rows of every slot's data (None: all rows), their labels, and each row's slot."""
+    def forward(self, slots: list[_Slot], rows: list[torch.Tensor | None], split: str = "train",
+                precision: str | None = None):
+        """Logits of the chosen rows of every slot's data (None: all rows), their labels, and each row's slot; in
+        `precision` (default: the training precision)."""
         data = [slot.data[split] for slot in slots]
         inputs = torch.cat([x if chosen is None else x[chosen] for (x, _), chosen in zip(data, rows)])
         labels = torch.cat([y if chosen is None else y[chosen] for (_, y), chosen in zip(data, rows)])
@@ -196,10 +198,10 @@ class _Batch:
         # each run's prompt expanded over its own rows, as alone: its gradient is summed over them in the same order
         prompts = torch.cat([nn.functional.pad(slot.prompt, (0, 0, longest - slot.prompt_len, 0)).expand(
             int(count), -1, -1) for slot, count in zip(slots, counts.tolist())])
-        with autocast(self.device, self.precision):
+        with autocast(self.device, precision or self.precision):
             embeds = torch.cat([prompts.to(inputs.dtype), inputs], dim=1)
-            hidden = self.backbone.encode(embeds, attention_mask=mask, position_ids=positions)
-            logits = self.backbone.classify(hidden[:, longest]).float()
+            hidden = self.backbone.readout(embeds, longest, attention_mask=mask, position_ids=positions)
+            logits = self.backbone.classify(hidden).float()
         return logits, labels, owner, counts
 
     def losses(self, slots, rows):
@@ -226,13 +228,20 @@ class _Batch:
                     slot.prompt.copy_(torch.where(keep, held, slot.prompt))
 
     def full_batch_epoch(self, slots, done: torch.Tensor) -> tuple[dict, torch.Tensor]:
-        """One full-batch step for every slot, with no host synchronization. `done` (per slot, on the device): runs
-        that ended since the last read-back, whose prompts are held. Returns device tensors per slot (the loss, the
-        number of correct pairs, memorized before the step, which is then undone, and a non-finite loss) and the
-        new `done`."""
+        """One full-batch step for every slot, with no host synchronization in fp32. `done` (per slot, on the
+        device): runs that ended since the last read-back, whose prompts are held. Returns device tensors per slot
+        (the loss, the number of correct pairs, memorized before the step, which is then undone, and a non-finite
+        loss) and the new `done`. Trained in bf16 or fp16, a run counts as memorized only when a clean fp32
+        evaluation confirms it (the host then waits for the check, in the epochs where some run is at 100%)."""
         mean_loss, correct, counts = self.losses(slots, [None] * len(slots))
         early = torch.tensor([slot.run.early_stop for slot in slots], device=self.device)
         memorized = early & (correct == counts) & ~done
+        if self.precision != "fp32" and memorized.any():
+            candidates = [slot for slot, candidate in zip(slots, memorized.tolist()) if candidate]
+            clean_correct, clean_counts, _ = self.accuracy(candidates, "train")
+            confirmed = iter((clean_correct == clean_counts).tolist())
+            memorized = torch.tensor([candidate and next(confirmed) for candidate in memorized.tolist()],
+                                     device=self.device)
         self.step(slots, mean_loss, hold=done | memorized)
         nonfinite = ~torch.isfinite(mean_loss.detach()) & ~done
         record = {"loss": mean_loss.detach(), "correct": correct, "memorized": memorized, "nonfinite": nonfinite}
@@ -282,8 +291,9 @@ class _Batch:
     @torch.no_grad()
     def accuracy(self, slots, split: str):
         """Per slot: the number of correct pairs of its `split` ("train" or "test"), their number and the mean loss,
-        as device tensors (accuracy = correct / count, taken on the host as Python floats, as alone)."""
-        logits, labels, owner, counts = self.forward(slots, [None] * len(slots), split)
+        in fp32 whatever the training precision, as device tensors (accuracy = correct / count, taken on the host as
+        Python floats, as alone)."""
+        logits, labels, owner, counts = self.forward(slots, [None] * len(slots), split, precision="fp32")
         zeros = torch.zeros(len(slots), device=self.device)
         correct = zeros.index_add(0, owner, (logits.argmax(-1) == labels).float())
         loss = zeros.index_add(0, owner, nn.functional.cross_entropy(logits, labels, reduction="none"))

@@ -90,4 +90,4 @@ class SoftPromptModel(nn.Module):
         embeds = self.embed(inputs)
         if self.backbone.is_causal:
             return self.backbone.classify(self.backbone.generate(embeds, self.generation_steps))
-        return self.backbone.classify(self.backbone.encode(embeds)[:, self.readout_index])
+        return self.backbone.classify(self.backbone.readout(embeds, self.readout_index))

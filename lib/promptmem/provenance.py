@@ -1,6 +1,7 @@
 """Where the committed figures come from: for each executed notebook, the git commit, profile, device, versions,
-precision and wall time of the run (figures/provenance.json); and executed notebooks stripped of what changes from
-run to run without meaning (papermill's and Jupyter's timestamps, progress-bar widget state).
+the precisions its runs trained in and wall time of the run (figures/provenance.json); and executed notebooks
+stripped of what changes from run to run without meaning (papermill's and Jupyter's timestamps, progress-bar
+widget state).
 
     python -m promptmem.provenance record notebooks/01_memorization_curves.ipynb --profile auto
     python -m promptmem.provenance profile notebooks/01_memorization_curves.ipynb   # the profile it was run in
@@ -16,13 +17,14 @@ import platform
 import subprocess
 from pathlib import Path
 
+import pandas as pd
 import torch
 import transformers
 
 from .profiles import resolve_profile
 from .rows import device_name
 from .store import write_atomically
-from .training import default_device, select_precision
+from .training import default_device
 
 PROVENANCE = Path("figures") / "provenance.json"  # relative to the repository root, where `make` runs
 WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
@@ -42,6 +44,14 @@ def _git_commit(folder: Path) -> str:
     return commit + ("+changes" if changed else "")
 
 
+def _precisions(notebook: Path) -> list[str]:
+    """The precisions the notebook's runs trained in, as its results file (results/<notebook>.csv) records them."""
+    path = notebook.parent.parent / "results" / f"{notebook.stem}.csv"
+    if not path.exists() or "precision_used" not in pd.read_csv(path, nrows=0).columns:
+        return []
+    return sorted(pd.read_csv(path, usecols=["precision_used"]).precision_used.dropna().unique().tolist())
+
+
 def record(notebook: str | os.PathLike, profile: str, provenance: str | os.PathLike = PROVENANCE) -> dict:
     """Add (or replace) the notebook's entry in the provenance file, from its papermill metadata and this machine."""
     notebook = Path(notebook)
@@ -50,7 +60,7 @@ def record(notebook: str | os.PathLike, profile: str, provenance: str | os.PathL
         raise ValueError(f"{notebook} has no papermill run to record (execute it with papermill first)")
     device = default_device()
     entry = {"profile": resolve_profile(profile), "git_commit": _git_commit(notebook.parent),
-             "device": device_name(device), "precision": select_precision(device), "torch": torch.__version__,
+             "device": device_name(device), "precisions": _precisions(notebook), "torch": torch.__version__,
              "transformers": transformers.__version__, "python": platform.python_version(),
              "wall_seconds": round(float(metadata["duration"]), 1)}
     provenance = Path(provenance)

@@ -18,21 +18,30 @@ from .training import TrainResult
 
 # The version of a results row's columns, stored in each row; raised whenever a row gains or changes a column. Rows
 # of an older version run again (their missing columns would read as NaN); rows of a newer one are refused.
-RESULTS_SCHEMA = 2  # 2: held-out accuracy, accuracy curves, attention statistics
+RESULTS_SCHEMA = 3  # 2: held-out accuracy, accuracy curves, attention statistics; 3: forward_used, fp32 accuracies
 # Per-layer attention statistics of a trained prompt (see attention.prompt_attention_statistics), as JSON lists
 ATTENTION_COLUMNS = {"entropy": "attention_entropy", "prompt_mass": "prompt_attention_mass",
                      "prompt_spread": "prompt_attention_spread", "bound": "prompt_qk_bound"}
 # Text columns of a results row beside the config's own: read back as text, as pandas would turn an all-digit
 # config_id into an int (and the config's labels "true" into a bool).
-RESULT_TEXT_COLUMNS = ("config_id", "status", "precision_used", "device", "torch_version", "transformers_version",
-                       "initial_prompt_singular_values", "prompt_singular_values", "prompt_update_singular_values",
-                       "evaluations", *ATTENTION_COLUMNS.values())
+RESULT_TEXT_COLUMNS = ("config_id", "status", "precision_used", "forward_used", "device", "torch_version",
+                       "transformers_version", "initial_prompt_singular_values", "prompt_singular_values",
+                       "prompt_update_singular_values", "evaluations", *ATTENTION_COLUMNS.values())
 
 
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def forward_used(model, precision: str) -> str:
+    """How the training step computed the frozen model: the readout encoder (`Backbone.readout`), or Hugging Face's
+    forward with its attention implementation."""
+    backbone = getattr(model, "backbone", model)
+    if precision != "fp32" and backbone.has_readout_encoder:
+        return "readout encoder, eager attention"
+    return f"hugging face, {backbone.config._attn_implementation} attention"
 
 
 def results_row(config: RunConfig, model, initial_prompt: torch.Tensor | None, result: TrainResult,
@@ -43,7 +52,8 @@ def results_row(config: RunConfig, model, initial_prompt: torch.Tensor | None, r
         "config_id": config.config_id, "results_schema": RESULTS_SCHEMA, **dataclasses.asdict(config),
         "final_accuracy": result.final_accuracy, "final_loss": result.final_loss, "epochs_run": result.epochs,
         "status": result.status, "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
-        "precision_used": result.precision, "device": device_name(device), "torch_version": torch.__version__,
+        "precision_used": result.precision, "forward_used": forward_used(model, result.precision),
+        "device": device_name(device), "torch_version": torch.__version__,
         "transformers_version": transformers.__version__, "seconds": round(result.seconds, 3),
         "test_accuracy": result.test_accuracy,
         "evaluations": json.dumps(result.evaluations) if config.eval_every is not None else "",

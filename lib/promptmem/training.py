@@ -1,5 +1,5 @@
 """The training step: AdamW on whatever requires grad (the prompt, for a soft-prompt model), full batch or
-minibatches, mixed precision chosen by the GPU's compute capability, optional early stop at 100% memorization.
+minibatches, the precision measured fastest for the model and device, optional early stop at 100% memorization.
 
 Memorization accuracy is the fraction of the n training pairs whose arg-max prediction equals its label; test
 accuracy the same fraction on held-out pairs, when a run is given some.
@@ -23,16 +23,26 @@ from .model import SoftPromptModel
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
-def select_precision(device: torch.device | str) -> str:
-    """fp32 on the CPU; bf16 from compute capability 8.0 (A100, H100); fp16 with a GradScaler on 7.x (V100,
-    T4), where `torch.cuda.is_bf16_supported()` says yes but bf16 only runs by slow emulation; fp32 below."""
+def select_precision(device: torch.device | str, model: nn.Module | None = None) -> str:
+    """The precision that trains `model` fastest on `device`, as measured (bench/bench_step.py, the README's
+    Performance). On a GPU: bf16 from compute capability 8.0 (A100, H100); fp16 with a GradScaler on 7.x (V100, T4),
+    where `torch.cuda.is_bf16_supported()` says yes but bf16 only runs by slow emulation; fp32 below. On a CPU: bf16
+    for a soft prompt on a frozen encoder when the CPU computes bf16 natively (AVX512-BF16 or AMX), as the readout
+    encoder's bf16 matmuls then run several times faster than fp32; fp32 for every other model and CPU (Hugging
+    Face's forward under CPU bf16 autocast measured slower than fp32 at width 128)."""
     device = torch.device(device)
     if device.type != "cuda":
-        return "fp32"
+        fast_readout = isinstance(model, SoftPromptModel) and model.backbone.has_readout_encoder
+        return "bf16" if fast_readout and cpu_has_native_bf16() else "fp32"
     major, _ = torch.cuda.get_device_capability(device)
     if major >= 8:
         return "bf16"
     return "fp16" if major == 7 else "fp32"
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether oneDNN runs bf16 matmuls natively on this CPU (False where ONEDNN_MAX_CPU_ISA caps it below)."""
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
 def default_device() -> torch.device:
@@ -41,7 +51,7 @@ def default_device() -> torch.device:
 
 @dataclass
 class TrainResult:
-    final_accuracy: float  # on all n pairs, after training, in the training precision (NaN if "nonfinite")
+    final_accuracy: float  # on all n pairs after training, in fp32 whatever trained the prompt (NaN if "nonfinite")
     final_loss: float
     epochs: int  # epochs run (fewer than asked when stopped early)
     status: str  # "completed", "memorized" (early stop at 100%) or "nonfinite" (loss overflowed)
@@ -111,7 +121,10 @@ def train(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, *, epoch
 
     The accuracy logged per epoch is measured on the forward pass of the step itself: exact for the parameters
     before the step with a full batch, a running estimate with minibatches. Early stop (full batch: when that
-    accuracy is 1; minibatches: when a clean evaluation confirms it) leaves the memorizing parameters in place.
+    accuracy is 1 and, trained in bf16 or fp16, a clean evaluation confirms it; minibatches: when a clean evaluation
+    confirms it) leaves the memorizing parameters in place.
+    Clean evaluations (the curves, that confirmation, the final accuracies and loss) run in fp32 whatever
+    `precision` trains the prompt: memorization is a property of the frozen model as it computes in fp32.
 
     With `checkpoint` (a file path), the trained parameters, the optimizer, the loss scaler, the shuffling generator
     and the history are saved every `checkpoint_every` epochs, and a run that finds the file continues from it: an
@@ -124,7 +137,7 @@ def train(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, *, epoch
         raise ValueError("the model has no parameter that requires grad: nothing to train")
 
     device = torch.device(device) if device is not None else default_device()
-    precision = select_precision(device) if precision == "auto" else precision
+    precision = select_precision(device, model) if precision == "auto" else precision
     model.to(device)
     inputs, labels = inputs.to(device), labels.to(device)
     if test_data is not None:
@@ -148,10 +161,12 @@ def train(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, *, epoch
         if result.evaluations["epoch"][-1:] == [result.epochs]:
             return  # already evaluated at this epoch
         result.evaluations["epoch"].append(result.epochs)
-        result.evaluations["train_accuracy"].append(
-            evaluate(model, inputs, labels, precision=precision, batch_size=batch_size)[0])
+        result.evaluations["train_accuracy"].append(evaluate(model, inputs, labels, batch_size=batch_size)[0])
         result.evaluations["test_accuracy"].append(float("nan") if test_data is None else evaluate(
-            model, *test_data, precision=precision, batch_size=batch_size)[0])
+            model, *test_data, batch_size=batch_size)[0])
+
+    def memorizes() -> bool:  # a clean evaluation, in fp32, finds every pair right
+        return evaluate(model, inputs, labels, batch_size=batch_size)[0] == 1.0
 
     if eval_every is not None and result.epochs == 0:
         record_evaluation()
@@ -161,6 +176,7 @@ def train(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, *, epoch
         order = torch.randperm(n, generator=generator).to(device) if batch_size < n else None
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), device=device, dtype=torch.long)
+        held = False  # full batch: the parameters before the step memorize, so the step is not taken
         for start in range(0, n, batch_size):
             rows = order[start:start + batch_size] if order is not None else slice(None)
             with autocast(device, precision):
@@ -169,8 +185,9 @@ def train(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, *, epoch
             loss = nn.functional.cross_entropy(logits, target)
             loss_sum += loss.detach() * len(target)
             correct += (logits.detach().argmax(-1) == target).sum()
-            if early_stop and order is None and correct.item() == n:
-                break  # the parameters before this step already memorize every pair
+            if early_stop and order is None and correct.item() == n and (precision == "fp32" or memorizes()):
+                held = True
+                break  # the parameters before this step already memorize every pair (in fp32, confirmed)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(optimizer)
@@ -184,8 +201,7 @@ def train(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, *, epoch
         if not math.isfinite(mean_loss):  # the forward itself overflowed (a GradScaler only guards gradients)
             result.status = "nonfinite"
             break
-        if early_stop and accuracy == 1.0 and (order is None or evaluate(
-                model, inputs, labels, precision=precision, batch_size=batch_size)[0] == 1.0):
+        if early_stop and accuracy == 1.0 and (held if order is None else memorizes()):
             result.status = "memorized"
             break
         if eval_every is not None and result.epochs % eval_every == 0:
@@ -196,10 +212,10 @@ def train(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, *, epoch
     if checkpoint is not None:
         checkpoint.unlink(missing_ok=True)
 
-    result.final_accuracy, result.final_loss = evaluate(model, inputs, labels, precision=precision,
-                                                        batch_size=batch_size)
+    # the memorization measured in fp32, as the frozen model computes it, whatever precision trained the prompt
+    result.final_accuracy, result.final_loss = evaluate(model, inputs, labels, batch_size=batch_size)
     if test_data is not None:
-        result.test_accuracy = evaluate(model, *test_data, precision=precision, batch_size=batch_size)[0]
+        result.test_accuracy = evaluate(model, *test_data, batch_size=batch_size)[0]
     close_run(result, eval_every)
     result.seconds = time.perf_counter() - start_time
     return result
