@@ -7,7 +7,9 @@ P (p x d) is the only trainable tensor; E is the backbone's frozen word embeddin
 p, the first data token, so the frozen head always sees a hidden state that depends on the input. A causal model
 is read at its last position, the only one that sees the whole input, after K continuous generation steps
 (K = 0: the last data token); gradients flow back through all K steps into the prompt. The prompt is stored in
-fp32 and only cast inside autocast regions, so the optimizer state stays fp32 under mixed precision.
+fp32 and only cast inside autocast regions, so the optimizer state stays fp32 under mixed precision; there the
+encoder is read by `Backbone.readout` through the readout encoder (its weights in bf16 or fp16, the last layer at
+position p alone).
 """
 
 from __future__ import annotations
