@@ -1,6 +1,8 @@
 """The crash-safe results store: a CSV of results rows, one per finished config, rewritten whole into a temporary
-file and moved over the old one, so a crash leaves either the old or the new file, never half of one; measurements
-that are not training runs kept the same way (`stored_table`); and re-plot mode, in which nothing is computed anew."""
+file and moved over the old one, so a crash leaves either the old or the new file, never half of one, and each
+rewrite made under a file lock, so that concurrent writers (processes on one machine, workers on a shared
+filesystem) never drop each other's rows; measurements that are not training runs kept the same way
+(`stored_table`); and re-plot mode, in which nothing is computed anew."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ import os
 from pathlib import Path
 
 import pandas as pd
+from filelock import FileLock
 
 from .rows import RESULTS_SCHEMA, column_types
 
@@ -64,12 +67,15 @@ class ResultsStore:
         return set(frame.loc[frame["results_schema"].fillna(0) < RESULTS_SCHEMA, "config_id"])
 
     def put(self, row: dict) -> None:
-        """Add a row, replacing any earlier row of the same config (`write_atomically`)."""
-        frame = self.load()
-        if len(frame):
-            frame = frame[frame["config_id"] != row["config_id"]]
-        frame = pd.concat([frame, pd.DataFrame([row])], ignore_index=True)
-        write_atomically(self.path, lambda handle: frame.to_csv(handle, index=False))
+        """Add a row, replacing any earlier row of the same config: read, change and rewrite (`write_atomically`)
+        while holding the file's lock (`.<name>.lock` beside it; the system releases it when its holder dies)."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(self.path.with_name(f".{self.path.name}.lock")):
+            frame = self.load()
+            if len(frame):
+                frame = frame[frame["config_id"] != row["config_id"]]
+            frame = pd.concat([frame, pd.DataFrame([row])], ignore_index=True)
+            write_atomically(self.path, lambda handle: frame.to_csv(handle, index=False))
 
 
 def replotting() -> bool:

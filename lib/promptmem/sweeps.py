@@ -1,9 +1,12 @@
-"""Sweeps: run configs, one alone (`run_config`) or many (`run_sweep`, batched where they can share a pass), storing
-each finished config as one row of a results file. Rerunning a sweep skips the configs already in the file."""
+"""Sweeps: run configs, one alone (`run_config`) or many (`run_sweep`, batched where they can share a pass, or spread
+over the workers of an executor), storing each finished config as one row of a results file. Rerunning a sweep skips
+the configs already in the file."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import os
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -29,7 +32,7 @@ def run_config(config: RunConfig, device: torch.device | None = None, progress: 
 
 def run_sweep(configs: list[RunConfig], results_path: str | os.PathLike, *, recompute: bool = False,
               device: torch.device | None = None, progress: bool = True, checkpoint_every: int | None = None,
-              batched: bool | None = None, tokens_per_pass: int | None = None) -> pd.DataFrame:
+              batched: bool | None = None, tokens_per_pass: int | None = None, executor=None) -> pd.DataFrame:
     """Run every config not yet in the results file (all of them with `recompute`); return their rows.
 
     All configs are validated before the first one trains. With `batched` (the default on a CUDA GPU), the prompt
@@ -40,6 +43,12 @@ def run_sweep(configs: list[RunConfig], results_path: str | os.PathLike, *, reco
     `checkpoint_every`, each run saves its state that often into `.<results name>.checkpoints/<config_id>.pt`
     beside the results file, and a rerun of an interrupted sweep continues the interrupted run from there instead
     of from epoch 0.
+
+    With an `executor` (anything with `submit(fn, *args)` returning a future or job with `done()` and `result()`: a
+    `concurrent.futures` pool, a Dask `Client.get_executor()`, a submitit Slurm executor), each config is one task:
+    a worker builds and trains it on its own default device (one GPU per worker where it has one), and this process
+    stores each row as its task ends. The first failed task stops the sweep (the rest are cancelled); the rows
+    stored so far stay, and a rerun resumes.
     """
     if not isinstance(recompute, bool):
         raise ValueError(f"recompute must be True or False, got {recompute!r}")
@@ -47,6 +56,11 @@ def run_sweep(configs: list[RunConfig], results_path: str | os.PathLike, *, reco
         raise ValueError(f"batched must be None (on a CUDA GPU only), True or False, got {batched!r}")
     if tokens_per_pass is not None and (not isinstance(tokens_per_pass, int) or tokens_per_pass < 1):
         raise ValueError(f"tokens_per_pass must be None or an integer >= 1, got {tokens_per_pass!r}")
+    if executor is not None and not callable(getattr(executor, "submit", None)):
+        raise ValueError(f"executor must have a submit(fn, *args) method (a concurrent.futures.Executor, a Dask "
+                         f"client's get_executor(), a submitit executor), got {executor!r}")
+    if executor is not None and batched:
+        raise ValueError("batched=True and an executor exclude each other: with an executor each config is a task")
     for config in configs:
         config.validate()
     device = device or default_device()
@@ -68,7 +82,10 @@ def run_sweep(configs: list[RunConfig], results_path: str | os.PathLike, *, reco
                                                         checkpoint_every=checkpoint_every)
 
     bar = tqdm(total=len(todo), desc=f"{Path(results_path).stem}: {len(todo)} to run", disable=not progress)
-    for group in shared_pass_groups(todo) if batched else [[config] for config in todo]:
+    if executor is not None:
+        _run_on(executor, todo, store, checkpointing, bar)
+    groups = [] if executor is not None else shared_pass_groups(todo) if batched else [[config] for config in todo]
+    for group in groups:
         if shared_pass_key(group[0]) is None or not batched:
             store.put(run_config(group[0], device, **checkpointing(group[0])))
             bar.update(1)
@@ -85,6 +102,27 @@ def run_sweep(configs: list[RunConfig], results_path: str | os.PathLike, *, reco
     wanted = [config.config_id for config in configs]
     frame = store.load()
     return frame.set_index("config_id").loc[list(dict.fromkeys(wanted))].reset_index()
+
+
+def _run_on(executor, configs: list[RunConfig], store: ResultsStore, checkpointing, bar) -> None:
+    """Each config a task of `executor`; each row stored here as its task ends."""
+    pending = {executor.submit(run_config, config, None, False, **checkpointing(config)): config
+               for config in configs}
+    try:
+        while pending:
+            if all(isinstance(task, concurrent.futures.Future) for task in pending):
+                ended = concurrent.futures.wait(pending, return_when=concurrent.futures.FIRST_COMPLETED).done
+            else:  # submitit jobs are not concurrent.futures futures: ask them
+                ended = [task for task in pending if task.done()]
+                if not ended:
+                    time.sleep(1)
+            for task in ended:
+                store.put(task.result())
+                del pending[task]
+                bar.update(1)
+    finally:
+        for task in pending:
+            task.cancel()
 
 
 def _train_together(configs: list[RunConfig], store: ResultsStore, device: torch.device, checkpointing, bar) -> None:
