@@ -85,7 +85,17 @@ def test_a_sweep_on_a_process_pool_stores_the_serial_rows(tmp_path, configs):
         run_sweep(configs, tmp_path / "x.csv", executor=pool, batched=True)
 
 
-def test_a_sweep_on_a_dask_cluster_stores_the_serial_rows(tmp_path, configs):
+@pytest.fixture
+def environment_restored():
+    """Dask sets OMP_NUM_THREADS=1 (and more) in the process that starts a cluster, for its workers: put the
+    environment back, so that the processes started after this test (the notebooks' kernels) get every core."""
+    saved = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
+
+
+def test_a_sweep_on_a_dask_cluster_stores_the_serial_rows(tmp_path, configs, environment_restored):
     distributed = pytest.importorskip("distributed")
     serial = run_sweep(configs, tmp_path / "serial.csv", progress=False, batched=False)
     cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None)
