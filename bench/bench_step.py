@@ -111,8 +111,8 @@ REPEATS = 3  # each timing taken this often, interleaved with the other's; the f
 
 def library_step(backbone, inputs, labels, precision, device, epochs: int):
     """A function timing the library's training step as a sweep runs it on `device` (alone on a CPU, batched on a
-    GPU): seconds per step from the difference of two runs of different lengths (setup and final evaluation
-    cancel), and the peak memory of the longer run."""
+    GPU): a run of `epochs` and one of twice as many, each in seconds per `epochs` (their difference is a step; setup
+    and final evaluation cancel), and the peak memory of the longer run."""
     def run(length):
         model = SoftPromptModel(backbone, PROMPT_LEN, seed=0)
         if device.type == "cpu":
@@ -127,7 +127,7 @@ def library_step(backbone, inputs, labels, precision, device, epochs: int):
     def measure():
         short, _ = run(epochs)
         long, memory = run(2 * epochs)
-        return (long - short) / epochs, memory
+        return (short / epochs, long / epochs), memory
     return measure
 
 
@@ -154,14 +154,21 @@ def peft_step(hf_model, inputs, labels, precision, device, steps: int):
 
     def measure():
         seconds, memory = peak_memory(device, lambda: [step() for _ in range(steps)])
-        return seconds / steps, memory
+        return (seconds / steps,), memory
     return measure
 
 
 def fastest(*measures) -> list[tuple[float, float]]:
-    """Each measure taken REPEATS times, the measures interleaved; per measure the fastest (seconds, memory)."""
+    """Each measure taken REPEATS times, the measures interleaved; per measure (seconds per step, peak memory). A
+    measure times one part (seconds per step) or two (a short and a long run: a step is their difference). Per part
+    the fastest repeat counts, the least disturbed: the fastest difference would favour a disturbed short run."""
     taken = [[measure() for measure in measures] for _ in range(REPEATS)]
-    return [min(times, key=lambda taken_once: taken_once[0]) for times in zip(*taken)]
+    results = []
+    for repeats in zip(*taken):
+        parts = [min(part) for part in zip(*(timed for timed, _ in repeats))]
+        results.append((parts[0] if len(parts) == 1 else parts[1] - parts[0], max(memory or 0 for _, memory in repeats)
+                        if repeats[0][1] is not None else None))
+    return results
 
 
 def step_benchmarks(device, steps: int, peak: float, cases) -> list[dict]:
