@@ -48,7 +48,8 @@ figures: $(STAMP)
 # Then the determinism, batching and figure tests (marker `kernels`) run again under the kernel set of a machine
 # without AVX-512 (promptmem.reproducibility.OTHER_KERNELS; a test checks that each library obeys it): every run
 # meets the rounding of a machine unlike this one.
-OTHER_KERNELS := ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2 ATEN_CPU_CAPABILITY=avx2 OPENBLAS_CORETYPE=Haswell
+OTHER_KERNELS = $$($(BIN)/python -c "from promptmem.reproducibility import OTHER_KERNELS as k; \
+	print(' '.join(f'{name}={value}' for name, value in k.items()))")
 test: $(STAMP)
 	rm -rf $(NBTEST) && mkdir -p $(NBTEST) && cp -r notebooks $(NBTEST)/
 	PROMPTMEM_PROFILE=quick MPLBACKEND=Agg $(BIN)/python -m pytest -p no:cacheprovider tests \

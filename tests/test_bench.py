@@ -37,7 +37,7 @@ def test_the_readout_step_flops_are_what_pytorch_counts():
     n, prompt_len, seq_len = 6, 8, 8
     backbone = random_backbone(vocab_size=100, **shape)
     model = SoftPromptModel(backbone, prompt_len)
-    encoder = ReadoutEncoder(backbone.hf_model)
+    encoder = ReadoutEncoder(backbone)
     embeds = model.embed(torch.randint(4, 100, (n, seq_len)))
     with FlopCounterMode(display=False) as counter:
         hidden = encoder(embeds, prompt_len)

@@ -9,7 +9,6 @@ from promptmem import training
 from promptmem.backbones import MINILM, packaged_checkpoint, pretrained_backbone, random_backbone
 from promptmem.model import SoftPromptModel
 from promptmem.readout import ReadoutEncoder
-from promptmem.rows import forward_used
 from promptmem.training import select_precision, train
 from tests.conftest import TINY
 
@@ -49,8 +48,8 @@ def test_the_readout_encoder_computes_the_hugging_face_hidden_state_and_gradient
         pads = torch.tensor([[2]] * 3 + [[0]] * 3)
         positions = (torch.arange(12)[None] - pads).clamp_min(0) + encoder.position_offset
     reference = hidden_and_gradient(lambda x: encoder.encode(x, mask, positions)[:, 4], embeds, direction)
-    fp32 = hidden_and_gradient(lambda x: ReadoutEncoder(encoder.hf_model)(x, 4, mask, positions), embeds, direction)
-    bf16 = hidden_and_gradient(lambda x: ReadoutEncoder(encoder.hf_model, torch.bfloat16)(x, 4, mask, positions),
+    fp32 = hidden_and_gradient(lambda x: ReadoutEncoder(encoder)(x, 4, mask, positions), embeds, direction)
+    bf16 = hidden_and_gradient(lambda x: ReadoutEncoder(encoder, torch.bfloat16)(x, 4, mask, positions),
                                embeds, direction)
     assert relative(fp32[0], reference[0]) < 1e-5 and relative(fp32[1], reference[1]) < 1e-4
     assert fp32[0].dtype == bf16[0].dtype == torch.float32
@@ -67,8 +66,8 @@ def test_the_backbone_reads_out_through_it_under_autocast_only(encoder):
     assert list(encoder._readout_encoders) == [(torch.bfloat16, embeds.device)]
     assert relative(fast, plain) < 0.05
     model = SoftPromptModel(encoder, 2)
-    assert forward_used(model, "bf16") == "readout encoder, eager attention"
-    assert forward_used(model, "fp32") == "hugging face, sdpa attention"
+    assert model.backbone.forward_used("bf16") == "readout encoder, eager attention"
+    assert model.backbone.forward_used("fp32") == "hugging face, sdpa attention"
 
 
 def test_only_frozen_encoders_have_one():
@@ -77,7 +76,7 @@ def test_only_frozen_encoders_have_one():
     assert random_backbone(seed=0, **TINY).has_readout_encoder
     assert not causal.has_readout_encoder and not trainable.has_readout_encoder
     with pytest.raises(ValueError, match="needs an encoder of type"):
-        ReadoutEncoder(causal.hf_model)
+        ReadoutEncoder(causal)
 
 
 def test_the_cpu_precision_is_bf16_for_a_frozen_encoder_where_the_cpu_has_native_bf16(monkeypatch):

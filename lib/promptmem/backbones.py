@@ -118,8 +118,15 @@ class Backbone(nn.Module):
             return self.encode(inputs_embeds, attention_mask, position_ids)[:, position]
         key = (torch.get_autocast_dtype(device), inputs_embeds.device)
         if key not in self._readout_encoders:  # the frozen weights in that dtype, on that device, made once
-            self._readout_encoders[key] = ReadoutEncoder(self.hf_model, key[0])
+            self._readout_encoders[key] = ReadoutEncoder(self, key[0])
         return self._readout_encoders[key](inputs_embeds, position, attention_mask, position_ids)
+
+    def forward_used(self, precision: str) -> str:
+        """How a training step in `precision` computes this model: through the readout encoder (`readout` under bf16
+        or fp16 autocast) or through Hugging Face's forward, with its attention implementation."""
+        if precision != "fp32" and self.has_readout_encoder:
+            return "readout encoder, eager attention"
+        return f"hugging face, {self.config._attn_implementation} attention"
 
     def generate(self, inputs_embeds: torch.Tensor, steps: int) -> torch.Tensor:
         """Causal models: run over the embeddings, then generate `steps` continuous tokens, each the last final

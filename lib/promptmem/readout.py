@@ -50,11 +50,12 @@ def _norm(layer_norm: nn.LayerNorm):
 
 
 class ReadoutEncoder:
-    """`encoder(embeds, position)`: the last hidden state (B, d) at `position` of the frozen encoder of `hf_model`, in
-    fp32, with every weight in `dtype` for the matmuls. Gradients flow to `embeds` (the prompt) only."""
+    """`encoder(embeds, position)`: the last hidden state (B, d) at `position` of the frozen encoder of `backbone` (a
+    `backbones.Backbone`), in fp32, with every weight in `dtype` for the matmuls. Gradients flow to `embeds` (the
+    prompt) only."""
 
-    def __init__(self, hf_model: nn.Module, dtype: torch.dtype = torch.float32):
-        config = hf_model.config
+    def __init__(self, backbone: nn.Module, dtype: torch.dtype = torch.float32):
+        hf_model, config = backbone.hf_model, backbone.config
         if config.model_type not in ENCODER_TYPES:
             raise ValueError(f"a readout encoder needs an encoder of type {ENCODER_TYPES}, got {config.model_type!r}")
         embeddings = hf_model.base_model.embeddings
@@ -65,7 +66,7 @@ class ReadoutEncoder:
         self.layers = [_Layer(layer, dtype) for layer in hf_model.base_model.encoder.layer]
         self.heads = config.num_attention_heads
         self.activation = ACT2FN[config.hidden_act]
-        self.position_offset = config.pad_token_id + 1 if config.model_type in ("roberta", "xlm-roberta") else 0
+        self.position_offset = backbone.position_offset
 
     def __call__(self, embeds: torch.Tensor, position: int, attention_mask: torch.Tensor | None = None,
                  position_ids: torch.Tensor | None = None) -> torch.Tensor:

@@ -35,15 +35,6 @@ def device_name(device: torch.device) -> str:
     return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
-def forward_used(model, precision: str) -> str:
-    """How the training step computed the frozen model: the readout encoder (`Backbone.readout`), or Hugging Face's
-    forward with its attention implementation."""
-    backbone = getattr(model, "backbone", model)
-    if precision != "fp32" and backbone.has_readout_encoder:
-        return "readout encoder, eager attention"
-    return f"hugging face, {backbone.config._attn_implementation} attention"
-
-
 def results_row(config: RunConfig, model, initial_prompt: torch.Tensor | None, result: TrainResult,
                 device: torch.device) -> dict:
     """The results row of a trained config: its fields, its metrics, where and how long it ran, and its prompt's
@@ -52,7 +43,9 @@ def results_row(config: RunConfig, model, initial_prompt: torch.Tensor | None, r
         "config_id": config.config_id, "results_schema": RESULTS_SCHEMA, **dataclasses.asdict(config),
         "final_accuracy": result.final_accuracy, "final_loss": result.final_loss, "epochs_run": result.epochs,
         "status": result.status, "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
-        "precision_used": result.precision, "forward_used": forward_used(model, result.precision),
+        "precision_used": result.precision,
+        # the forward of a soft-prompt model's backbone, or of the model trained from scratch itself
+        "forward_used": getattr(model, "backbone", model).forward_used(result.precision),
         "device": device_name(device), "torch_version": torch.__version__,
         "transformers_version": transformers.__version__, "seconds": round(result.seconds, 3),
         "test_accuracy": result.test_accuracy,
