@@ -1,8 +1,9 @@
+import dataclasses
 from unittest import mock
 
 import pytest
 
-from promptmem.profiles import MEMORIZATION, PROFILE_ENV, resolve_profile
+from promptmem.profiles import INITIALIZATION, LOW_RANK, MEMORIZATION, PROFILE_ENV, resolve_profile
 
 
 def test_auto_picks_by_device(monkeypatch):
@@ -24,7 +25,7 @@ def test_environment_overrides_auto_only(monkeypatch):
 
 
 def test_unknown_profile_is_refused():
-    with pytest.raises(ValueError, match=r"profile must be one of \('auto', 'paper', 'quick'\)"):
+    with pytest.raises(ValueError, match=r"profile must be one of \('auto', 'paper', 'medium', 'quick'\)"):
         resolve_profile("full")
 
 
@@ -33,3 +34,22 @@ def test_paper_profile_is_the_papers_setup():
     assert paper.n_values == (1600, 2500, 3600) and paper.base.lr == 0.005 and paper.base.epochs == 1000
     assert (paper.base.num_layers, paper.base.hidden_size, paper.base.seq_len) == (2, 512, 8)
     assert paper.base.dataset == "imdb" and paper.base.batch_size is None
+
+
+def test_medium_profile_is_a_subset_of_the_papers():
+    """Every medium run is a paper run (same fields, so the same config_id): a GPU later runs only the rest."""
+    paper, medium = MEMORIZATION["paper"], MEMORIZATION["medium"]
+    assert dataclasses.replace(medium.base, n=paper.base.n) == paper.base
+    assert set(medium.prompt_lengths) <= set(paper.prompt_lengths) and max(medium.n_values) >= min(paper.n_values)
+    assert set(medium.scan.init_scales) == set(paper.scan.init_scales)
+    run = dict(n=1600, prompt_len=8, labels="random", init_scale=0.5)
+    assert (dataclasses.replace(medium.base, **run).config_id == dataclasses.replace(paper.base, **run).config_id)
+    low_rank, paper_low_rank = LOW_RANK["medium"], LOW_RANK["paper"]
+    assert dataclasses.replace(low_rank.base, n=low_rank.n) == dataclasses.replace(paper_low_rank.base, n=low_rank.n)
+    assert low_rank.n == paper_low_rank.n
+    assert set(low_rank.ranks) <= set(paper_low_rank.ranks)
+    assert set(low_rank.prompt_lengths) <= set(paper_low_rank.prompt_lengths)
+    initialization, paper_initialization = INITIALIZATION["medium"], INITIALIZATION["paper"]
+    assert initialization.base == paper_initialization.base and len(initialization.seeds) >= 3
+    assert initialization.prompt_lengths == paper_initialization.prompt_lengths
+    assert set(initialization.init_scales) <= set(paper_initialization.init_scales)

@@ -1,7 +1,9 @@
-"""Profiles: `paper` runs the papers' settings, `quick` the same experiment shrunk to minutes on 2 CPU cores.
+"""Profiles: `paper` runs the papers' settings, `quick` the same experiment shrunk to minutes on 2 CPU cores, and
+`medium` the papers' backbones and optimizers at the sizes 2 CPU cores finish in hours (a subset of paper's grids).
 
-`auto` picks paper on a CUDA machine and quick elsewhere; the environment variable PROMPTMEM_PROFILE overrides
-what `auto` picks (the tests set it to quick, so a GPU machine running `make test` stays quick).
+`auto` picks paper on a CUDA machine and quick elsewhere (never medium: it is asked for by name); the environment
+variable PROMPTMEM_PROFILE overrides what `auto` picks (the tests set it to quick, so a GPU machine running `make test`
+stays quick).
 """
 
 from __future__ import annotations
@@ -16,12 +18,12 @@ from .backbones import ENCODER_2X512, MINILM, ROBERTA_BASE, available_checkpoint
 from .configs import RunConfig, checkpoint_base
 from .store import ResultsStore
 
-PROFILES = ("auto", "paper", "quick")
+PROFILES = ("auto", "paper", "medium", "quick")
 PROFILE_ENV = "PROMPTMEM_PROFILE"
 
 
 def resolve_profile(profile: str = "auto") -> str:
-    """'paper' or 'quick'; says which it picked and why."""
+    """'paper', 'medium' or 'quick'; says which it picked and why."""
     if profile not in PROFILES:
         raise ValueError(f"profile must be one of {PROFILES}, got {profile!r}")
     if profile != "auto":
@@ -63,8 +65,10 @@ class MemorizationSettings:
     seq_len_n: int = 1600
     scan: InitScaleScan = InitScaleScan()
     # panel (d): the same shape trained from scratch (at scratch_lr), and a compact-vocabulary model of about the
-    # longest prompt's size (at the prompt's lr; width 4, as LayerNorm over fewer dimensions is degenerate)
+    # longest prompt's size (at the prompt's lr; width 4, as LayerNorm over fewer dimensions is degenerate), at
+    # baseline_n_values (None: every n)
     scratch_lr: float = 0.001
+    baseline_n_values: tuple[int, ...] | None = None
     small_model: dict = field(default_factory=lambda: dict(hidden_size=4, num_heads=1, ffn_size=16))
 
 
@@ -82,6 +86,17 @@ MEMORIZATION = {
         n_values=(1600, 2500, 3600),
         # the issue's powers of two, plus the points between them: the minimal p is read off this grid
         prompt_lengths=(1, 2, 3, 4, 6, 8, 12, 16, 24, 32),
+    ),
+    # The paper's backbone, optimizer and epoch budget; n up to the paper's smallest, p on every other point of its
+    # grid, the N panel and the scan at the smallest n (measured on 2 cores: an epoch at n = 1600 takes 0.5 s at
+    # p = 1, 0.9 s at p = 8 and 3.6 s at p = 32, in bf16).
+    "medium": MemorizationSettings(
+        base=RunConfig(n=400, prompt_len=8, dataset="imdb", seq_len=8, epochs=1000, lr=0.005),
+        n_values=(400, 800, 1600),
+        prompt_lengths=(1, 2, 4, 8, 16, 32),
+        seq_len_n=400,
+        scan=InitScaleScan(n=400),
+        baseline_n_values=(1600,),
     ),
     "quick": MemorizationSettings(
         base=RunConfig(n=64, prompt_len=8, dataset="imdb", seq_len=8, epochs=100, lr=0.02,
@@ -115,6 +130,15 @@ LOW_RANK = {
         prompt_lengths=(1, 2, 3, 4, 6, 8, 12, 16, 24, 32),
         spectrum_ranks=(4, 32, 512),
     ),
+    # The paper's n = 1000 on the width-512 encoder; four ranks spanning 1 to the full width, p up to 16.
+    "medium": LowRankSettings(
+        base=MEMORIZATION["medium"].base,
+        n=1000,
+        ranks=(1, 8, 64, 512),
+        random_label_ranks=(1, 512),
+        prompt_lengths=(1, 2, 4, 8, 16),
+        spectrum_ranks=(4, 32, 512),
+    ),
     "quick": LowRankSettings(
         base=MEMORIZATION["quick"].base,
         n=128,
@@ -143,6 +167,15 @@ GENERATION = {
         base=dataclasses.replace(MEMORIZATION["paper"].base, architecture="gpt2", generation_steps=0),
         n_values=(1600, 3600),
         prompt_lengths=MEMORIZATION["paper"].prompt_lengths,
+    ),
+    # The causal backbone at width 512 and one n: what 2 cores add to the quick profile within a session.
+    "medium": GenerationSettings(
+        base=dataclasses.replace(MEMORIZATION["medium"].base, architecture="gpt2", generation_steps=0),
+        n_values=(400,),
+        prompt_lengths=(1, 2, 4, 8, 16),
+        generation_steps=(0, 2, 8),
+        label_kinds=("true",),
+        scan=InitScaleScan(n=400),
     ),
     "quick": GenerationSettings(
         base=dataclasses.replace(MEMORIZATION["quick"].base, architecture="gpt2", generation_steps=0),
@@ -199,6 +232,18 @@ INITIALIZATION = {
         seeds=(0, 1, 2),
         encoder=dict(ENCODER_2X512),
     ),
+    # The paper's data, optimizer and prompt lengths with three seeds, and one init scale (transformers' default):
+    # on 2 cores an epoch of 63 batches takes about 4 s, so these 24 runs of 100 epochs take about 4 hours.
+    "medium": InitializationSettings(
+        base=RunConfig(n=2000, test_n=200, prompt_len=8, dataset="sst2", seq_len=8, epochs=100, lr=0.001,
+                       batch_size=32, early_stop=False, eval_every=5),
+        checkpoint=ROBERTA_BASE,
+        fallback=MINILM,
+        init_scales=(0.02,),
+        prompt_lengths=(8, 32),
+        seeds=(0, 1, 2),
+        encoder=dict(ENCODER_2X512),
+    ),
     "quick": InitializationSettings(
         base=RunConfig(n=32, test_n=64, prompt_len=8, dataset="sst2", seq_len=8, epochs=12, lr=0.05,
                        batch_size=8, early_stop=False, eval_every=4),
@@ -242,3 +287,5 @@ EFFICIENCY = {
         timing_bounds=(1.0, 3.0),
     ),
 }
+# Nothing is trained in notebook 06: the medium profile is the quick one.
+EFFICIENCY["medium"] = EFFICIENCY["quick"]

@@ -81,8 +81,9 @@ def recorded_profile(notebook: str | os.PathLike, provenance: str | os.PathLike 
 
 
 def strip(notebook: str | os.PathLike) -> None:
-    """Remove timestamps, widget state and papermill's random cell id from an executed notebook, keeping every
-    output's text and images."""
+    """Remove timestamps, widget state and papermill's injected-parameters cell from an executed notebook, keeping
+    every output's text and images. The parameters it ran with stay in its papermill metadata; without the injected
+    cell, a reader who opens the notebook (in Colab, say) and edits the parameters cell is not overruled by it."""
     import nbformat
 
     content = nbformat.read(notebook, as_version=4)
@@ -90,9 +91,9 @@ def strip(notebook: str | os.PathLike) -> None:
     metadata.pop("widgets", None)
     for key in ("start_time", "end_time", "duration"):
         metadata.get("papermill", {}).pop(key, None)
+    content["cells"] = [cell for cell in content["cells"]
+                        if "injected-parameters" not in cell["metadata"].get("tags", [])]
     for cell in content["cells"]:
-        if "injected-parameters" in cell["metadata"].get("tags", []):
-            cell["id"] = "injected-parameters"  # papermill draws a new id every run
         cell["metadata"].pop("execution", None)
         cell["metadata"].pop("papermill", None)
         for output in cell.get("outputs", []):
