@@ -13,6 +13,8 @@ from promptmem.backbones import MINILM, ROBERTA_BASE, pretrained_backbone
 from promptmem.building import backbone_for, data_for
 from promptmem.configs import RunConfig, checkpoint_base, config_from_row
 from promptmem.profiles import INITIALIZATION
+from promptmem.rows import RESULTS_SCHEMA
+from promptmem.store import ResultsStore
 from promptmem.sweeps import run_sweep
 from tests.conftest import requires_local_data
 
@@ -100,6 +102,20 @@ def test_without_the_hub_the_fallback_is_used_and_said(monkeypatch, tmp_path, ca
     monkeypatch.setenv(data.DATA_DIR_ENV, str(tmp_path))  # a data folder without roberta-base: nothing is fetched
     assert backbones.available_checkpoint(ROBERTA_BASE, MINILM) == MINILM
     assert f"using {MINILM} instead" in capsys.readouterr().out
+
+
+@requires_packaged_minilm
+def test_the_checkpoint_of_the_finished_runs_is_used_even_where_the_papers_loads(monkeypatch, tmp_path, capsys,
+                                                                                 tiny_checkpoint):
+    """Colab reaches the hub, but the committed runs were made with the fallback: re-plot them, train nothing."""
+    monkeypatch.setenv(data.DATA_DIR_ENV, str(tmp_path))  # someone/tiny-bert loads from here
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    settings = dataclasses.replace(INITIALIZATION["quick"], checkpoint="someone/tiny-bert", fallback=MINILM)
+    results = tmp_path / "04.csv"
+    assert settings.checkpoint_to_use(results) == "someone/tiny-bert"  # no runs yet: the loadable checkpoint
+    ResultsStore(results).put({"config_id": settings.configs(MINILM)[0].config_id, "results_schema": RESULTS_SCHEMA})
+    assert settings.checkpoint_to_use(results) == MINILM
+    assert f"model_name='someone/tiny-bert' trains the paper's checkpoint instead" in capsys.readouterr().out
 
 
 @requires_packaged_minilm

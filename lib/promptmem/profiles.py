@@ -203,11 +203,18 @@ class InitializationSettings:
     encoder: dict  # the shape of the random 2-layer encoder
 
     def checkpoint_to_use(self, results_path) -> str:
-        """The paper's checkpoint if the results already hold its runs or it can be loaded, else the fallback (said
-        so): a re-plot of results made with the hub needs no hub."""
+        """The checkpoint whose runs of this profile the results already hold (the paper's first, then the fallback:
+        a re-plot needs neither the hub nor training); else the paper's checkpoint if it loads, else the fallback
+        (said so)."""
         frame = ResultsStore(results_path).load()
         if len(frame) and "model_name" in frame.columns and (frame.model_name == self.checkpoint).any():
             return self.checkpoint
+        finished = ResultsStore(results_path).finished_ids()
+        if self.fallback != self.checkpoint and any(config.config_id in finished
+                                                    for config in self.configs(self.fallback)):
+            print(f"the results hold this profile's runs with {self.fallback}, so it is used; "
+                  f"model_name={self.checkpoint!r} trains the paper's checkpoint instead")
+            return self.fallback
         return available_checkpoint(self.checkpoint, self.fallback)
 
     def configs(self, model_name: str) -> list[RunConfig]:
