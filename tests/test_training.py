@@ -174,4 +174,5 @@ def test_the_largest_learning_rate_never_reports_a_wrong_accuracy(tiny_backbone,
         assert math.isnan(result.final_accuracy)
     else:
         assert torch.isfinite(model.prompt).all() and math.isfinite(result.final_loss)
-        assert result.final_accuracy == evaluate(model, tiny_data.inputs, tiny_data.labels, precision=precision)[0]
+        # the final accuracy is measured in fp32 whatever the training precision
+        assert result.final_accuracy == evaluate(model, tiny_data.inputs, tiny_data.labels, precision="fp32")[0]

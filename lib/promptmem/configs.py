@@ -18,6 +18,12 @@ from .training import PRECISIONS
 METHODS = ("prompt", "scratch")  # soft prompt on a frozen backbone | all weights of a fresh model trained
 
 
+def fields_id(config) -> str:
+    """A dataclass's id: a hash of its fields, those at None left out."""
+    fields = {name: value for name, value in dataclasses.asdict(config).items() if value is not None}
+    return hashlib.sha1(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]
+
+
 @dataclass(frozen=True)
 class RunConfig:
     """One training run. `prompt_len` is p for method 'prompt' and 0 for 'scratch'.
@@ -60,9 +66,7 @@ class RunConfig:
 
     @property
     def config_id(self) -> str:
-        fields = {name: value for name, value in dataclasses.asdict(self).items() if value is not None}
-        canonical = json.dumps(fields, sort_keys=True)
-        return hashlib.sha1(canonical.encode()).hexdigest()[:12]
+        return fields_id(self)
 
     def validate(self) -> None:
         """Raise a ValueError naming the first bad field and what it allows; loads no model."""

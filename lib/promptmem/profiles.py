@@ -16,6 +16,7 @@ import torch
 
 from .backbones import ENCODER_2X512, MINILM, ROBERTA_BASE, available_checkpoint
 from .configs import RunConfig, checkpoint_base
+from .single_layer import SingleLayerConfig
 from .store import ResultsStore
 
 PROFILES = ("auto", "paper", "medium", "quick")
@@ -296,3 +297,60 @@ EFFICIENCY = {
 }
 # Nothing is trained in notebook 06: the medium profile is the quick one.
 EFFICIENCY["medium"] = EFFICIENCY["quick"]
+
+
+@dataclass(frozen=True)
+class SingleLayerSettings:
+    """Notebook 08: Hu et al.'s frozen 1-layer, 1-head Transformer. `base` carries the backbone and the optimizer."""
+
+    base: SingleLayerConfig
+    shapes: tuple[tuple[int, int], ...]  # (d, L) of the capacity panels' grid datasets
+    grid_points: int  # per coordinate: n = grid_points^(dL), every cell of the grid
+    prompt_lengths: tuple[int, ...]
+    errors: tuple[float, ...]  # the levels ε at which the smallest prompt is read off
+    lipschitz_shapes: tuple[tuple[int, int], ...]  # (d, L) of the universality panel
+    lipschitz_constants: tuple[float, ...]
+    lipschitz_n: int  # training inputs of a Lipschitz map
+    test_n: int  # its held-out inputs
+
+    def capacity_configs(self) -> list[SingleLayerConfig]:
+        return [dataclasses.replace(self.base, task="memorize", dim=dim, length=length, prompt_len=prompt_len,
+                                    grid_points=self.grid_points, n=self.grid_points ** (dim * length))
+                for dim, length in self.shapes for prompt_len in self.prompt_lengths]
+
+    def lipschitz_configs(self) -> list[SingleLayerConfig]:
+        return [dataclasses.replace(self.base, task="lipschitz", dim=dim, length=length, prompt_len=prompt_len,
+                                    lipschitz=constant, n=self.lipschitz_n, test_n=self.test_n)
+                for dim, length in self.lipschitz_shapes for constant in self.lipschitz_constants
+                for prompt_len in self.prompt_lengths]
+
+
+SINGLE_LAYER = {
+    # dL from 1 to 5 two ways: one token of d = dL dimensions, and d = 1 with L = dL tokens; n = 2^(dL) up to 32
+    "medium": SingleLayerSettings(
+        base=SingleLayerConfig(task="memorize", n=1, dim=1, length=1, prompt_len=1, width=32, epochs=4000,
+                               target_error=0.02),
+        shapes=((1, 1), (2, 1), (3, 1), (4, 1), (5, 1), (1, 2), (1, 3), (1, 4), (1, 5)),
+        grid_points=2,
+        prompt_lengths=(1, 2, 4, 8, 16, 32, 64),
+        errors=(0.4, 0.2, 0.1, 0.05, 0.02),
+        lipschitz_shapes=((2, 1), (2, 2), (1, 4)),
+        lipschitz_constants=(0.5, 1.0, 2.0, 4.0),
+        lipschitz_n=64,
+        test_n=256,
+    ),
+    "quick": SingleLayerSettings(
+        base=SingleLayerConfig(task="memorize", n=1, dim=1, length=1, prompt_len=1, width=32, epochs=1500,
+                               target_error=0.02),
+        shapes=((1, 1), (2, 1), (3, 1), (1, 2), (1, 3)),
+        grid_points=2,
+        prompt_lengths=(1, 2, 4, 8, 16),
+        errors=(0.4, 0.2, 0.1, 0.05, 0.02),
+        lipschitz_shapes=((2, 1), (2, 2)),
+        lipschitz_constants=(0.5, 2.0),
+        lipschitz_n=32,
+        test_n=128,
+    ),
+}
+# Hu et al. report no experiments: the largest profile, medium, is the paper profile too.
+SINGLE_LAYER["paper"] = SINGLE_LAYER["medium"]
