@@ -93,6 +93,8 @@ def test_the_sweep_stores_each_row_resumes_and_refuses_to_fit_while_replotting(t
     rows = single_layer.run_sweep(configs, path)
     assert fitted == configs[1:]  # the finished config is not fitted again
     assert rows.prompt_len.tolist() == [1, 2]
+    for column in ("best_max_error", "test_max_error", "prompt_query_key_bound"):  # numbers, as stored
+        assert pd.api.types.is_float_dtype(rows[column]), column
     monkeypatch.setenv(REPLOT_ENV, "1")
     with pytest.raises(RuntimeError, match="1 of these configs are not finished"):
         single_layer.run_sweep(configs + [dataclasses.replace(TINY_MAP, prompt_len=3)], path)

@@ -133,7 +133,7 @@ class PromptedSingleLayer(nn.Module):
         prompt = self.prompt.expand(inputs.shape[0], -1, -1)
         return self.backbone(torch.cat([prompt, tokens], dim=1))[:, self.prompt.shape[0]:, :self.dim]
 
-    def prompt_qk_bound(self) -> float:
+    def prompt_query_key_bound(self) -> float:
         """B of the prompt: the largest absolute entry of its queries and keys (Hu et al.'s efficiency criterion)."""
         return float(torch.cat([self.prompt @ self.backbone.query, self.prompt @ self.backbone.key]).abs().max())
 
@@ -237,7 +237,7 @@ def _fit(config: SingleLayerConfig) -> dict:
                "final_mse": float(torch.mean((model(inputs) - targets) ** 2)), "epochs_run": epochs_run,
                "status": "fitted" if best_max_error <= config.target_error else "completed",
                "prompt_numbers": model.prompt.numel(), "target_numbers": targets.numel(),
-               "prompt_qk_bound": model.prompt_qk_bound()}
+               "prompt_query_key_bound": model.prompt_query_key_bound()}
         if test_inputs is not None:
             test_errors = sup_errors(model(test_inputs), test_targets)
             row.update(test_max_error=float(test_errors.max()), test_mean_error=float(test_errors.mean()),
