@@ -20,7 +20,7 @@ from torch import nn
 
 from .configs import fields_id
 from .rows import RESULTS_SCHEMA, device_name
-from .store import REPLOT_ENV, ResultsStore, replotting
+from .store import ResultsStore
 
 TASKS = ("memorize", "lipschitz")
 MODEL_SEED_OFFSET = 1_000_003  # the backbone and prompt draw from seed + this, the data from the seed
@@ -257,15 +257,9 @@ def run_sweep(configs: list[SingleLayerConfig], results_path, recompute: bool = 
     for config in configs:
         config.validate()
     store = ResultsStore(results_path)
-    done = set() if recompute else store.finished_ids()
-    todo = [config for config in dict.fromkeys(configs) if config.config_id not in done]
-    if todo and replotting():
-        raise RuntimeError(f"{REPLOT_ENV} is set (re-plot from results/ only), but {len(todo)} of these configs are "
-                           f"not finished in {results_path}: run `make reproduce` (or the notebook) to compute them")
-    for config in todo:
+    for config in store.unfinished(configs, recompute):
         store.put(fit(config))
-    frame = store.load().set_index("config_id")
-    return frame.loc[list(dict.fromkeys(config.config_id for config in configs))].reset_index()
+    return store.rows_of(configs)
 
 
 def smallest_prompt(rows: pd.DataFrame, error_column: str, errors, by: list[str]) -> pd.DataFrame:

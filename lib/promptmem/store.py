@@ -66,6 +66,21 @@ class ResultsStore:
             return set(frame["config_id"])
         return set(frame.loc[frame["results_schema"].fillna(0) < RESULTS_SCHEMA, "config_id"])
 
+    def unfinished(self, configs: list, recompute: bool = False) -> list:
+        """The configs (each once, in order) without a finished row here, or all of them with `recompute`; refused
+        while re-plotting, where nothing may be computed. A config is anything with a `config_id`."""
+        done = set() if recompute else self.finished_ids()
+        todo = [config for config in dict.fromkeys(configs) if config.config_id not in done]
+        if todo and replotting():
+            raise RuntimeError(f"{REPLOT_ENV} is set (re-plot from results/ only), but {len(todo)} of these configs "
+                               f"are not finished in {self.path}: run `make reproduce` (or the notebook) to compute them")
+        return todo
+
+    def rows_of(self, configs: list) -> pd.DataFrame:
+        """The stored rows of these configs, once each, in their order."""
+        wanted = dict.fromkeys(config.config_id for config in configs)
+        return self.load().set_index("config_id").loc[list(wanted)].reset_index()
+
     def put(self, row: dict) -> None:
         """Add a row, replacing any earlier row of the same config: read, change and rewrite (`write_atomically`)
         while holding the file's lock (`.<name>.lock` beside it; the system releases it when its holder dies)."""

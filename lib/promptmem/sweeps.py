@@ -18,7 +18,7 @@ from .batched import Run, train_together
 from .chunking import default_tokens_per_pass, plan_chunks, shared_pass_groups, shared_pass_key
 from .configs import RunConfig
 from .rows import RESULTS_SCHEMA, results_row
-from .store import REPLOT_ENV, ResultsStore, replotting
+from .store import ResultsStore
 from .training import TrainResult, default_device
 
 
@@ -66,11 +66,7 @@ def run_sweep(configs: list[RunConfig], results_path: str | os.PathLike, *, reco
     device = device or default_device()
     batched = device.type == "cuda" if batched is None else batched
     store = ResultsStore(results_path)
-    done = set() if recompute else store.finished_ids()
-    todo = [config for config in dict.fromkeys(configs) if config.config_id not in done]
-    if todo and replotting():
-        raise RuntimeError(f"{REPLOT_ENV} is set (re-plot from results/ only), but {len(todo)} of these configs are "
-                           f"not finished in {results_path}: run `make reproduce` (or the notebook) to compute them")
+    todo = store.unfinished(configs, recompute)
     older = store.older_ids() & {config.config_id for config in todo}
     if older and not recompute:
         print(f"{len(older)} rows of {results_path} were written by an older promptmem (results schema below "
@@ -99,9 +95,7 @@ def run_sweep(configs: list[RunConfig], results_path: str | os.PathLike, *, reco
         for chunk in chunks:
             _train_together(chunk, store, device, checkpointing, bar)
     bar.close()
-    wanted = [config.config_id for config in configs]
-    frame = store.load()
-    return frame.set_index("config_id").loc[list(dict.fromkeys(wanted))].reset_index()
+    return store.rows_of(configs)
 
 
 def _run_on(executor, configs: list[RunConfig], store: ResultsStore, checkpointing, bar) -> None:
