@@ -18,6 +18,8 @@ Modules, each one concern (each imports only modules listed above it):
     sweeps      running configs: one alone, or a sweep that skips finished ones (batched on a GPU)
     tables      finished rows into what the figures plot: best setting, minimal prompt length, bounds
     reproducibility  what a rerun reproduces across machines and batch shapes, and within which tolerance
+    seq2seq     sequence-to-sequence memorization through a frozen causal model's LM head: pairs, teacher-forced
+                training, exact match under greedy decoding, their sweep
     single_layer     Hu et al.'s frozen 1-layer, 1-head Transformer: grid and Lipschitz data, prompt fits, their sweep
     profiles    paper / quick / auto, and each notebook's grids
     provenance  where the committed figures come from (figures/provenance.json); stripping executed notebooks
@@ -30,8 +32,8 @@ from .building import backbone_for, data_for, test_data_for, train_config
 from .configs import RunConfig, checkpoint_base, config_from_row, grid
 from .data import PairData, load_tokenizer, low_rank_sequences, make_dataset, random_tokens, sample_texts
 from .model import SoftPromptModel
-from .profiles import (EFFICIENCY, GENERATION, INITIALIZATION, LOW_RANK, MEMORIZATION, SINGLE_LAYER, init_scale_scan,
-                       resolve_profile)
+from .profiles import (EFFICIENCY, GENERATION, INITIALIZATION, LOW_RANK, MEMORIZATION, SEQ2SEQ, SINGLE_LAYER,
+                       init_scale_scan, resolve_profile)
 from .rows import device_name
 from .store import ResultsStore, read_results, stored_table
 from .sweeps import run_config, run_sweep

@@ -128,15 +128,22 @@ class Backbone(nn.Module):
             return "readout encoder, eager attention"
         return f"hugging face, {self.config._attn_implementation} attention"
 
+    def extend(self, inputs_embeds: torch.Tensor, cache=None):
+        """Causal models: one pass over new embeddings (B, L, d) after those the key/value `cache` holds (None: none);
+        returns their final hidden states (B, L, d) and the cache extended by them."""
+        kwargs = {"use_cache": True} if cache is None else {"use_cache": True, _CACHE_NAME: cache}
+        output = self.hf_model.base_model(inputs_embeds=inputs_embeds, **kwargs)
+        return output.last_hidden_state, getattr(output, _CACHE_NAME)
+
     def generate(self, inputs_embeds: torch.Tensor, steps: int) -> torch.Tensor:
         """Causal models: run over the embeddings, then generate `steps` continuous tokens, each the last final
         hidden state fed back as the next input; returns the last final hidden state (B, d)."""
-        kwargs = {"use_cache": steps > 0}
-        output = self.hf_model.base_model(inputs_embeds=inputs_embeds, **kwargs)
+        if steps == 0:
+            return self.hf_model.base_model(inputs_embeds=inputs_embeds, use_cache=False).last_hidden_state[:, -1]
+        hidden, cache = self.extend(inputs_embeds)
         for _ in range(steps):
-            kwargs[_CACHE_NAME] = getattr(output, _CACHE_NAME)
-            output = self.hf_model.base_model(inputs_embeds=output.last_hidden_state[:, -1:], **kwargs)
-        return output.last_hidden_state[:, -1]
+            hidden, cache = self.extend(hidden[:, -1:], cache)
+        return hidden[:, -1]
 
     def classify(self, features: torch.Tensor) -> torch.Tensor:
         """Hidden states at the readout position (B, d) -> logits (B, num_labels), through the frozen head."""

@@ -18,6 +18,28 @@ from .training import PRECISIONS
 METHODS = ("prompt", "scratch")  # soft prompt on a frozen backbone | all weights of a fresh model trained
 
 
+# The numeric fields several configs share: name -> (allowed, as said in the error; the test)
+NUMBER_RANGES = {"init_scale": ("(0, 100]", lambda v: 0 < v <= 100), "lr": ("(0, 10)", lambda v: 0 < v < 10),
+                 "weight_decay": ("[0, 10]", lambda v: 0 <= v <= 10), "target_error": ("(0, 1)", lambda v: 0 < v < 1)}
+
+
+def check_counts(config, names) -> None:
+    """Raise a ValueError naming the first of the fields `names` of `config` that is not an integer >= 1."""
+    for name in names:
+        value = getattr(config, name)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+
+
+def check_numbers(config, names) -> None:
+    """Raise a ValueError naming the first of the fields `names` of `config` outside its range in NUMBER_RANGES."""
+    for name in names:
+        value = getattr(config, name)
+        allowed, within = NUMBER_RANGES[name]
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not within(value):
+            raise ValueError(f"{name} must be a number in {allowed}, got {value!r}")
+
+
 def fields_id(config) -> str:
     """A dataclass's id: a hash of its fields, those at None left out."""
     fields = {name: value for name, value in dataclasses.asdict(config).items() if value is not None}
@@ -81,10 +103,7 @@ class RunConfig:
         choice("labels", ("random",) if self.dataset == "random_tokens" else data.LABEL_KINDS)
         choice("prompt_init", PROMPT_INITS)
         choice("precision", PRECISIONS)
-        for name in ("n", "seq_len", "epochs", "num_layers", "hidden_size", "num_heads", "ffn_size"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        check_counts(self, ("n", "seq_len", "epochs", "num_layers", "hidden_size", "num_heads", "ffn_size"))
         if self.method == "prompt" and (not isinstance(self.prompt_len, int) or self.prompt_len < 1):
             raise ValueError(f"prompt_len must be an integer >= 1 for method 'prompt', got {self.prompt_len!r}")
         if self.method == "scratch" and self.prompt_len != 0:
@@ -100,12 +119,7 @@ class RunConfig:
         if self.seq_len + self.prompt_len + (steps or 0) > positions:
             raise ValueError(f"seq_len + prompt_len + generation_steps (N + p + K) must be at most {positions}, the "
                              f"backbone's positions; got {self.seq_len} + {self.prompt_len} + {steps or 0}")
-        for name, allowed, within in (("init_scale", "(0, 100]", lambda v: 0 < v <= 100),
-                                      ("lr", "(0, 10)", lambda v: 0 < v < 10),
-                                      ("weight_decay", "[0, 10]", lambda v: 0 <= v <= 10)):
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or not within(value):
-                raise ValueError(f"{name} must be a number in {allowed}, got {value!r}")
+        check_numbers(self, ("init_scale", "lr", "weight_decay"))
         if self.batch_size is not None and (not isinstance(self.batch_size, int) or self.batch_size < 1):
             raise ValueError(f"batch_size must be None (full batch) or an integer >= 1, got {self.batch_size!r}")
         if (self.dataset == "low_rank") != (self.rank is not None):

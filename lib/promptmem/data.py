@@ -132,17 +132,19 @@ def random_labels(n: int, seed: int, num_labels: int = 2) -> torch.Tensor:
 
 
 def truncate_texts(texts, tokenizer, seq_len: int, n: int, distinct: bool = True, chunk: int = 512,
-                   exclude: torch.Tensor | None = None):
+                   exclude: torch.Tensor | None = None, distinct_len: int | None = None):
     """The first `seq_len` tokens of texts, in order, until `n` qualify; returns (rows used, ids (k, seq_len)).
-    Inputs equal to a row of `exclude` (token ids (m, seq_len)) are skipped too."""
+    With `distinct`, texts whose first `distinct_len` tokens (None: all seq_len) repeat an earlier text's are skipped;
+    so are inputs equal to a row of `exclude` (token ids (m, distinct_len or seq_len))."""
     _check_size("seq_len (N)", seq_len)
+    distinct_len = distinct_len or seq_len
     rows, ids_kept = [], []
     seen = set() if exclude is None else {tuple(ids) for ids in exclude.tolist()}
     for start in range(0, len(texts), chunk):
         batch = [str(t) for t in texts[start:start + chunk]]
         encoded = tokenizer(batch, add_special_tokens=False, truncation=True, max_length=seq_len)["input_ids"]
         for offset, ids in enumerate(encoded):
-            key = tuple(ids)
+            key = tuple(ids[:distinct_len])
             if len(ids) < seq_len or (distinct and key in seen):
                 continue
             seen.add(key)
@@ -186,6 +188,23 @@ def random_tokens(n: int, seq_len: int, *, seed: int = 0, vocab_size: int = 5026
     rng = np.random.default_rng([seed, 0])
     input_ids = torch.from_numpy(rng.integers(FIRST_ORDINARY_TOKEN, vocab_size, size=(n, seq_len)))
     return PairData(input_ids, random_labels(n, seed, num_labels))
+
+
+def text_continuations(dataset: str, n: int, seq_len: int, output_len: int, *,
+                       seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """n texts of `dataset` (train split) drawn with `seed`: their first `seq_len` (N) tokens as inputs (n, N) and the
+    `output_len` (M) tokens that follow as targets (n, M), RoBERTa's tokens. Texts shorter than N + M tokens are
+    skipped, and so are those whose first N tokens repeat an earlier text's: one input, one continuation."""
+    _check_size("n", n)
+    _check_size("seq_len (N)", seq_len)
+    _check_size("output_len (M)", output_len)
+    frame = load_split(dataset, "train")
+    texts = frame["text"].to_numpy()[np.random.default_rng(seed).permutation(len(frame))]
+    rows, ids = truncate_texts(texts, load_tokenizer(), seq_len + output_len, n, distinct_len=seq_len)
+    if len(rows) < n:
+        raise ValueError(f"n must be at most {len(rows)} for {dataset} at N={seq_len}, M={output_len}: only that many "
+                         f"texts have N + M tokens and distinct first N tokens")
+    return ids[:, :seq_len], ids[:, seq_len:]
 
 
 def low_rank_sequences(n: int, seq_len: int, width: int, rank: int, *, seed: int = 0, scale: float = 1.0,

@@ -16,6 +16,7 @@ import torch
 
 from .backbones import ENCODER_2X512, MINILM, ROBERTA_BASE, available_checkpoint
 from .configs import RunConfig, checkpoint_base
+from .seq2seq import Seq2SeqConfig
 from .single_layer import SingleLayerConfig
 from .store import ResultsStore
 
@@ -354,3 +355,81 @@ SINGLE_LAYER = {
 }
 # Hu et al. report no experiments: the largest profile, medium, is the paper profile too.
 SINGLE_LAYER["paper"] = SINGLE_LAYER["medium"]
+
+
+@dataclass(frozen=True)
+class Seq2SeqSettings:
+    """Notebook 07: sequence-to-sequence memorization through the frozen LM head of notebook 02's causal backbone, the
+    shape and init-scale scan of notebook 02's `backbone_profile`. `base` carries the optimizer and the N, M and V
+    that a panel does not vary; `panel_n` is the n of the panels over M, N and V."""
+
+    base: Seq2SeqConfig
+    backbone_profile: str
+    prompt_lengths: tuple[int, ...]
+    n_values: tuple[int, ...]  # (a) p against n
+    panel_n: int
+    output_lens: tuple[int, ...]  # (b) p against M
+    seq_lens: tuple[int, ...]  # (c) p against N
+    alphabet_sizes: tuple[int, ...]  # (d) the information view: V at panel_n
+    imdb_n_values: tuple[int, ...]  # (d) IMDb reviews' next M tokens (the whole vocabulary)
+    imdb_output_lens: tuple[int, ...]
+    agreement_n_values: tuple[int, ...]  # (e) M = 1, V = 2 beside notebook 02's classifier on the same data
+
+    def backbone_base(self, init_scale: float) -> Seq2SeqConfig:
+        """`base` on notebook 02's backbone shape at `init_scale`."""
+        shape = GENERATION[self.backbone_profile].base
+        return dataclasses.replace(self.base, num_layers=shape.num_layers, hidden_size=shape.hidden_size,
+                                   num_heads=shape.num_heads, ffn_size=shape.ffn_size, init_scale=init_scale)
+
+    def panels(self, init_scale: float) -> dict[str, list[Seq2SeqConfig]]:
+        """Each panel's configs, every prompt length of the grid: 'n', 'M', 'N', 'V', 'imdb' and 'agreement'."""
+        base = self.backbone_base(init_scale)
+
+        def prompts(configs):
+            return [dataclasses.replace(config, prompt_len=p) for config in configs for p in self.prompt_lengths]
+
+        at_n = dataclasses.replace(base, n=self.panel_n)
+        return {
+            "n": prompts(dataclasses.replace(base, n=n) for n in self.n_values),
+            "M": prompts(dataclasses.replace(at_n, output_len=m) for m in self.output_lens),
+            "N": prompts(dataclasses.replace(at_n, seq_len=length) for length in self.seq_lens),
+            "V": prompts(dataclasses.replace(at_n, alphabet_size=v) for v in self.alphabet_sizes),
+            "imdb": prompts(dataclasses.replace(base, dataset="imdb", alphabet_size=None, n=n, output_len=m)
+                            for n in self.imdb_n_values for m in self.imdb_output_lens),
+            "agreement": prompts(dataclasses.replace(base, n=n, output_len=1, alphabet_size=2)
+                                 for n in self.agreement_n_values),
+        }
+
+
+SEQ2SEQ = {
+    # Notebook 02's quick backbone (width 128) and optimizer; at width 512 a causal model trains several times slower
+    # on a CPU. Measured on 2 cores: an epoch at n = 128, M = 2, p = 8 takes about 0.05 s.
+    "medium": Seq2SeqSettings(
+        base=Seq2SeqConfig(n=64, prompt_len=1, seq_len=8, output_len=2, alphabet_size=4, epochs=500, lr=0.02),
+        backbone_profile="quick",
+        prompt_lengths=(1, 2, 4, 8, 16, 32, 64),
+        n_values=(16, 32, 64, 128, 256, 512),
+        panel_n=64,
+        output_lens=(1, 2, 4, 8),
+        seq_lens=(4, 8, 16),
+        alphabet_sizes=(2, 4, 16, 256),
+        imdb_n_values=(16, 32),
+        imdb_output_lens=(1, 2),
+        agreement_n_values=(32, 64, 128, 256),
+    ),
+    "quick": Seq2SeqSettings(
+        base=Seq2SeqConfig(n=32, prompt_len=1, seq_len=8, output_len=2, alphabet_size=4, epochs=100, lr=0.02),
+        backbone_profile="quick",
+        prompt_lengths=(1, 2, 4, 8),
+        n_values=(16, 32, 64),
+        panel_n=32,
+        output_lens=(1, 2, 4),
+        seq_lens=(4, 8, 16),
+        alphabet_sizes=(2, 4, 16),
+        imdb_n_values=(16,),
+        imdb_output_lens=(1,),
+        agreement_n_values=(32, 64),
+    ),
+}
+# Wang & Lin report no sequence-to-sequence experiment: the largest profile, medium, is the paper profile too.
+SEQ2SEQ["paper"] = SEQ2SEQ["medium"]

@@ -18,7 +18,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from .configs import fields_id
+from .configs import check_counts, check_numbers, fields_id
 from .rows import RESULTS_SCHEMA, device_name
 from .store import ResultsStore
 
@@ -55,16 +55,8 @@ class SingleLayerConfig:
         """Raise a ValueError naming the first bad field and its allowed range, before anything is built."""
         if self.task not in TASKS:
             raise ValueError(f"task must be one of {TASKS}, got {self.task!r}")
-        for name in ("n", "dim", "length", "prompt_len", "mlp_width", "epochs"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-        for name, allowed, within in (("init_scale", "(0, 100]", lambda v: 0 < v <= 100),
-                                      ("lr", "(0, 10)", lambda v: 0 < v < 10),
-                                      ("target_error", "(0, 1)", lambda v: 0 < v < 1)):
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or not within(value):
-                raise ValueError(f"{name} must be a number in {allowed}, got {value!r}")
+        check_counts(self, ("n", "dim", "length", "prompt_len", "mlp_width", "epochs"))
+        check_numbers(self, ("init_scale", "lr", "target_error"))
         if self.width is not None and (not isinstance(self.width, int) or self.width < self.dim):
             raise ValueError(f"width must be None or an integer >= dim ({self.dim}), got {self.width!r}")
         is_map = self.task == "lipschitz"
@@ -252,14 +244,7 @@ def _fit(config: SingleLayerConfig) -> dict:
 def run_sweep(configs: list[SingleLayerConfig], results_path, recompute: bool = False) -> pd.DataFrame:
     """Fit every config not yet in the results file (all of them with `recompute`), storing each row as it ends, so
     an interrupted sweep resumes; return the configs' rows in their order."""
-    if not isinstance(recompute, bool):
-        raise ValueError(f"recompute must be True or False, got {recompute!r}")
-    for config in configs:
-        config.validate()
-    store = ResultsStore(results_path)
-    for config in store.unfinished(configs, recompute):
-        store.put(fit(config))
-    return store.rows_of(configs)
+    return ResultsStore(results_path).fill(configs, fit, recompute)
 
 
 def smallest_prompt(rows: pd.DataFrame, error_column: str, errors, by: list[str]) -> pd.DataFrame:

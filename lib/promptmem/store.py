@@ -81,6 +81,18 @@ class ResultsStore:
         wanted = dict.fromkeys(config.config_id for config in configs)
         return self.load().set_index("config_id").loc[list(wanted)].reset_index()
 
+    def fill(self, configs: list, compute, recompute: bool = False) -> pd.DataFrame:
+        """Compute (`compute(config)` gives its row) and store, one at a time, every config without a finished row
+        here (all of them with `recompute`), so an interrupted sweep resumes; return the configs' rows in order.
+        Every config is validated (`config.validate()`) before the first is computed."""
+        if not isinstance(recompute, bool):
+            raise ValueError(f"recompute must be True or False, got {recompute!r}")
+        for config in configs:
+            config.validate()
+        for config in self.unfinished(configs, recompute):
+            self.put(compute(config))
+        return self.rows_of(configs)
+
     def put(self, row: dict) -> None:
         """Add a row, replacing any earlier row of the same config: read, change and rewrite (`write_atomically`)
         while holding the file's lock (`.<name>.lock` beside it; the system releases it when its holder dies)."""

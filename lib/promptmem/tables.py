@@ -15,15 +15,16 @@ def best_setting(results: pd.DataFrame, column: str):
     return ranked[column].iloc[0].item()
 
 
-def min_prompt_length(results: pd.DataFrame, by: list[str], target: float = 1.0) -> pd.DataFrame:
-    """Per setting (the columns `by`), the smallest prompt length whose accuracy reaches `target`.
+def min_prompt_length(results: pd.DataFrame, by: list[str], target: float = 1.0,
+                      column: str = "final_accuracy") -> pd.DataFrame:
+    """Per setting (the columns `by`), the smallest prompt length whose accuracy (`column`) reaches `target`.
 
     Settings where no prompt length reaches it get NaN, and `max_prompt_len_tried` says how far the grid went.
     """
-    runs = results[results["method"] == "prompt"]
+    runs = results[results["method"] == "prompt"] if "method" in results.columns else results
     rows = []
     for key, group in runs.groupby(by, sort=True):
-        reached = group.loc[group["final_accuracy"] >= target - 1e-9, "prompt_len"]
+        reached = group.loc[group[column] >= target - 1e-9, "prompt_len"]
         rows.append({**dict(zip(by, key if isinstance(key, tuple) else (key,))),
                      "min_prompt_len": reached.min() if len(reached) else float("nan"),
                      "max_prompt_len_tried": group["prompt_len"].max()})
