@@ -2,6 +2,7 @@
 
 import dataclasses
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -98,6 +99,17 @@ def test_the_sweep_stores_each_row_resumes_and_refuses_to_fit_while_replotting(t
     monkeypatch.setenv(REPLOT_ENV, "1")
     with pytest.raises(RuntimeError, match="1 of these configs are not finished"):
         single_layer.run_sweep(configs + [dataclasses.replace(TINY_MAP, prompt_len=3)], path)
+
+
+def test_fits_on_worker_processes_store_the_rows_one_process_fits(tmp_path):
+    configs = [dataclasses.replace(TINY_MAP, prompt_len=p) for p in (1, 2, 3)]
+    with pytest.raises(ValueError, match="workers must be an integer >= 1, got 0"):
+        single_layer.run_sweep(configs, tmp_path / "none.csv", workers=0)
+    serial = single_layer.run_sweep(configs, tmp_path / "serial.csv", workers=1)
+    parallel = single_layer.run_sweep(configs, tmp_path / "parallel.csv", workers=2)
+    assert parallel.config_id.tolist() == serial.config_id.tolist() == [config.config_id for config in configs]
+    for column in ("best_max_error", "test_max_error", "final_mse"):  # one thread each, on one machine: the same fits
+        assert np.allclose(parallel[column], serial[column], rtol=1e-5, atol=1e-7), column
 
 
 def test_smallest_prompt_reads_each_error_level_off_the_fits():

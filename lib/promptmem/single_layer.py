@@ -241,10 +241,13 @@ def _fit(config: SingleLayerConfig) -> dict:
     return row
 
 
-def run_sweep(configs: list[SingleLayerConfig], results_path, recompute: bool = False) -> pd.DataFrame:
+def run_sweep(configs: list[SingleLayerConfig], results_path, recompute: bool = False,
+              workers: int | None = None) -> pd.DataFrame:
     """Fit every config not yet in the results file (all of them with `recompute`), storing each row as it ends, so
-    an interrupted sweep resumes; return the configs' rows in their order."""
-    return ResultsStore(results_path).fill(configs, fit, recompute)
+    an interrupted sweep resumes; return the configs' rows in their order. Each fit takes one thread, so `workers`
+    processes fit at once (None: as many as torch's threads, one per core it may use)."""
+    workers = torch.get_num_threads() if workers is None else workers
+    return ResultsStore(results_path).fill(configs, fit, recompute, workers)
 
 
 def smallest_prompt(rows: pd.DataFrame, error_column: str, errors, by: list[str]) -> pd.DataFrame:

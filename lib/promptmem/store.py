@@ -6,7 +6,9 @@ filesystem) never drop each other's rows; measurements that are not training run
 
 from __future__ import annotations
 
+import concurrent.futures
 import hashlib
+import multiprocessing
 import os
 from pathlib import Path
 
@@ -81,16 +83,33 @@ class ResultsStore:
         wanted = dict.fromkeys(config.config_id for config in configs)
         return self.load().set_index("config_id").loc[list(wanted)].reset_index()
 
-    def fill(self, configs: list, compute, recompute: bool = False) -> pd.DataFrame:
-        """Compute (`compute(config)` gives its row) and store, one at a time, every config without a finished row
-        here (all of them with `recompute`), so an interrupted sweep resumes; return the configs' rows in order.
-        Every config is validated (`config.validate()`) before the first is computed."""
+    def fill(self, configs: list, compute, recompute: bool = False, workers: int = 1) -> pd.DataFrame:
+        """Compute (`compute(config)` gives its row) and store every config without a finished row here (all of them
+        with `recompute`), each row as its config ends, so an interrupted sweep resumes; return the configs' rows in
+        order. Every config is validated (`config.validate()`) before the first is computed. With `workers` > 1 the
+        configs are computed by that many processes at once (for computations of one thread each: `compute` must be
+        importable from a module); the first failure stops the rest."""
         if not isinstance(recompute, bool):
             raise ValueError(f"recompute must be True or False, got {recompute!r}")
+        if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
+            raise ValueError(f"workers must be an integer >= 1, got {workers!r}")
         for config in configs:
             config.validate()
-        for config in self.unfinished(configs, recompute):
-            self.put(compute(config))
+        todo = self.unfinished(configs, recompute)
+        if workers == 1 or len(todo) < 2:
+            for config in todo:
+                self.put(compute(config))
+            return self.rows_of(configs)
+        # spawned, not forked: a fork of a process whose OpenMP threads have run can hang
+        with concurrent.futures.ProcessPoolExecutor(min(workers, len(todo)),
+                                                    mp_context=multiprocessing.get_context("spawn")) as pool:
+            tasks = [pool.submit(compute, config) for config in todo]
+            try:
+                for task in concurrent.futures.as_completed(tasks):
+                    self.put(task.result())
+            finally:
+                for task in tasks:
+                    task.cancel()
         return self.rows_of(configs)
 
     def put(self, row: dict) -> None:
