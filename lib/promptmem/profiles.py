@@ -414,8 +414,8 @@ SEQ2SEQ = {
         seq_lens=(4, 8, 16),
         alphabet_sizes=(2, 4, 16, 256),
         imdb_n_values=(16, 32),
-        imdb_output_lens=(1, 2),
-        agreement_n_values=(32, 64, 128, 256),
+        imdb_output_lens=(1,),
+        agreement_n_values=(32, 64, 128),
     ),
     "quick": Seq2SeqSettings(
         base=Seq2SeqConfig(n=32, prompt_len=1, seq_len=8, output_len=2, alphabet_size=4, epochs=100, lr=0.02),
