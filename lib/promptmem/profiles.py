@@ -183,7 +183,7 @@ GENERATION = {
         base=dataclasses.replace(MEMORIZATION["quick"].base, architecture="gpt2", generation_steps=0),
         n_values=(64, 128),
         prompt_lengths=(1, 2, 3, 4, 6),
-        generation_steps=(0, 2, 4, 8),
+        generation_steps=(0, 2, 8),  # K = 4 left out to keep make test within its budget (rows stay in results/)
         label_kinds=("true",),
         scan=dataclasses.replace(QUICK_SCAN, n=64),
     ),
