@@ -52,13 +52,14 @@ figures: $(STAMP)
 # The notebooks run from a copy, so their results and figures land in build/ and never touch the committed ones.
 # Then the determinism, batching and figure tests (marker `kernels`) run again under the kernel set of a machine
 # without AVX-512 (promptmem.reproducibility.OTHER_KERNELS; a test checks that each library obeys it): every run
-# meets the rounding of a machine unlike this one.
+# meets the rounding of a machine unlike this one. The figure check (marker `replot`: every notebook re-plotted)
+# runs in that second pass only.
 OTHER_KERNELS = $$($(BIN)/python -c "from promptmem.reproducibility import OTHER_KERNELS as k; \
 	print(' '.join(f'{name}={value}' for name, value in k.items()))")
 test: $(STAMP) $(CHROMIUM)
 	rm -rf $(NBTEST) && mkdir -p $(NBTEST) && cp -r notebooks $(NBTEST)/
 	PROMPTMEM_PROFILE=quick MPLBACKEND=Agg $(BIN)/python -m pytest -p no:cacheprovider tests \
-		$(NBTEST)/notebooks --nbval-lax --nbval-current-env --durations=5
+		$(NBTEST)/notebooks --nbval-lax --nbval-current-env --durations=5 -m "not replot"
 	env $(OTHER_KERNELS) PROMPTMEM_PROFILE=quick MPLBACKEND=Agg $(BIN)/python -m pytest -p no:cacheprovider tests \
 		-m kernels
 

@@ -1,8 +1,8 @@
 """The committed figures are what the committed results plot: each notebook re-plotted from a copy of results/ with
 PROMPTMEM_REPLOT set (nothing trains or is measured anew), in the profile figures/provenance.json records, writes
 the numbers of figures/*.csv: text and integers exactly, floats within float64 rounding (REPLOT_TOLERANCE), as
-fits of stored numbers may round differently on another machine. make test runs it again under another machine's
-kernel set."""
+fits of stored numbers may round differently on another machine. make test runs it once, under another machine's
+kernel set (re-plotting every notebook twice would cost a minute of its 20)."""
 
 import json
 import shutil
@@ -16,7 +16,7 @@ from promptmem.reproducibility import REPLOT_TOLERANCE
 from promptmem.store import REPLOT_ENV
 
 ROOT = Path(__file__).resolve().parents[1]
-pytestmark = pytest.mark.kernels
+pytestmark = [pytest.mark.kernels, pytest.mark.replot]
 RECORD = json.loads((ROOT / "figures" / "provenance.json").read_text())
 
 
