@@ -126,9 +126,11 @@ def _check_size(name: str, value, minimum: int = 1) -> None:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
 
 
-def random_labels(n: int, seed: int, num_labels: int = 2) -> torch.Tensor:
-    """Labels drawn uniformly, from a stream of their own (changing the labels never changes the inputs)."""
-    return torch.from_numpy(np.random.default_rng([seed, 1]).integers(0, num_labels, size=n))
+def random_labels(n: int, seed: int, num_labels: int = 2, per_input: int | None = None) -> torch.Tensor:
+    """Labels drawn uniformly, from a stream of their own (changing the labels never changes the inputs): (n,), or
+    (n, per_input) for sequences of targets, whose first column is then the (n,) draw."""
+    size = n if per_input is None else (n, per_input)
+    return torch.from_numpy(np.random.default_rng([seed, 1]).integers(0, num_labels, size=size))
 
 
 def truncate_texts(texts, tokenizer, seq_len: int, n: int, distinct: bool = True, chunk: int = 512,

@@ -18,7 +18,6 @@ import math
 import time
 from dataclasses import asdict, dataclass
 
-import numpy as np
 import pandas as pd
 import torch
 from torch import nn
@@ -107,9 +106,8 @@ def pairs(config: Seq2SeqConfig) -> tuple[torch.Tensor, torch.Tensor, torch.Tens
         inputs, targets = data.text_continuations("imdb", config.n, config.seq_len, config.output_len, seed=config.seed)
         return inputs, targets, torch.arange(ROBERTA_VOCAB_SIZE)
     inputs = data.random_tokens(config.n, config.seq_len, seed=config.seed).inputs
-    targets = np.random.default_rng([config.seed, 1]).integers(0, config.alphabet_size,
-                                                               size=(config.n, config.output_len))
-    return inputs, torch.from_numpy(targets), data.FIRST_ORDINARY_TOKEN + torch.arange(config.alphabet_size)
+    targets = data.random_labels(config.n, config.seed, config.alphabet_size, per_input=config.output_len)
+    return inputs, targets, data.FIRST_ORDINARY_TOKEN + torch.arange(config.alphabet_size)
 
 
 def output_logits(model: SoftPromptModel, alphabet: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
