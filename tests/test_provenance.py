@@ -3,6 +3,7 @@
 import json
 
 import nbformat
+import pandas as pd
 import pytest
 
 from promptmem import provenance
@@ -31,7 +32,7 @@ def test_a_run_is_recorded_with_where_how_and_how_long(executed, tmp_path):
     record_path = tmp_path / "provenance.json"
     entry = provenance.record(executed, "quick", record_path)
     assert entry["profile"] == "quick" and entry["wall_seconds"] == 12.3
-    assert entry["device"].startswith("cpu") and entry["precisions"] == [] and entry["torch"]  # no results file
+    assert entry["device"].startswith("cpu") and entry["torch"] and entry["training"] is None  # it showed none
     assert json.loads(record_path.read_text()) == {"07_example": entry}
     assert provenance.recorded_profile(executed, record_path) == "quick"
     with pytest.raises(ValueError, match="no entry for 08_missing"):
@@ -49,3 +50,20 @@ def test_stripping_removes_timestamps_widgets_and_injected_parameters_but_keeps_
     assert notebook.metadata.papermill.parameters == {"profile": "quick"}
     with pytest.raises(ValueError, match="no papermill run to record"):
         provenance.record(executed, "quick", executed.parent / "p.json")  # the duration is gone now
+
+
+def test_the_training_cost_a_notebook_shows_is_recorded_once_per_run(executed, tmp_path):
+    """A resumed sweep's last run may only re-plot: the cost comes from the rows' own seconds, not the wall time."""
+    runs = pd.DataFrame({"config_id": ["a", "b"], "seconds": [100.0, 20.5], "device": ["cpu (x86_64, 2 threads)"] * 2,
+                         "precision_used": ["bf16", None]})
+    scan = runs.iloc[:1].assign(precision_used="fp32")  # the same run seen again in another frame counts once
+    cost = provenance.training_cost(runs, scan)
+    assert cost == {"runs": 2, "training_seconds": 120.5, "devices": ["cpu (x86_64, 2 threads)"],
+                    "precisions": ["bf16"]}
+    assert provenance.training_cost(runs.drop(columns="precision_used"))["precisions"] == []  # not recorded
+    notebook = nbformat.read(executed, as_version=4)
+    notebook.cells[0].outputs.append(nbformat.v4.new_output("display_data", data={
+        "text/plain": "training: 2 runs", provenance.TRAINING: cost}))
+    nbformat.write(notebook, executed)
+    entry = provenance.record(executed, "quick", tmp_path / "provenance.json")
+    assert entry["training"] == cost and entry["wall_seconds"] == 12.3

@@ -22,7 +22,8 @@ Modules, each one concern (each imports only modules listed above it):
                 training, exact match under greedy decoding, their sweep
     single_layer     Hu et al.'s frozen 1-layer, 1-head Transformer: grid and Lipschitz data, prompt fits, their sweep
     profiles    paper / quick / auto, and each notebook's grids
-    provenance  where the committed figures come from (figures/provenance.json); stripping executed notebooks
+    provenance  where the committed figures come from (figures/provenance.json), what a notebook's training cost;
+                stripping executed notebooks
     theory      the papers' formulas (each with its source, exact or proxy) and power-law fits
     plotting    figure style and saving (PNG + PDF + CSV)
 """
@@ -34,6 +35,7 @@ from .data import PairData, load_tokenizer, low_rank_sequences, make_dataset, ra
 from .model import SoftPromptModel
 from .profiles import (EFFICIENCY, GENERATION, INITIALIZATION, LOW_RANK, MEMORIZATION, SEQ2SEQ, SINGLE_LAYER,
                        init_scale_scan, resolve_profile)
+from .provenance import show_training
 from .rows import device_name
 from .store import ResultsStore, read_results, stored_table
 from .sweeps import run_config, run_sweep

@@ -1,7 +1,10 @@
 """Where the committed figures come from: for each executed notebook, the git commit, profile, device, versions,
-the precisions its runs trained in and wall time of the run (figures/provenance.json); and executed notebooks
-stripped of what changes from run to run without meaning (papermill's and Jupyter's timestamps, progress-bar
-widget state).
+the wall time of the run, and what its training cost (figures/provenance.json); and executed notebooks stripped of
+what changes from run to run without meaning (papermill's and Jupyter's timestamps, progress-bar widget state).
+
+A sweep resumes across sessions, so the run that executes a notebook last may only re-plot finished rows: its wall
+time says nothing of the training. A notebook therefore shows its runs' training cost (`show_training`: the runs'
+own seconds summed, their devices and precisions) and `record` copies it from the executed notebook.
 
     python -m promptmem.provenance record notebooks/01_memorization_curves.ipynb --profile auto
     python -m promptmem.provenance profile notebooks/01_memorization_curves.ipynb   # the profile it was run in
@@ -28,6 +31,7 @@ from .training import default_device
 
 PROVENANCE = Path("figures") / "provenance.json"  # relative to the repository root, where `make` runs
 WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
+TRAINING = "application/vnd.promptmem.training+json"  # the output `show_training` leaves for `record`
 
 
 CODE = ("lib", "Makefile", "pyproject.toml")  # what decides the numbers (a run rewrites notebooks, results, figures)
@@ -44,25 +48,48 @@ def _git_commit(folder: Path) -> str:
     return commit + ("+changes" if changed else "")
 
 
-def _precisions(notebook: Path) -> list[str]:
-    """The precisions the notebook's runs trained in, as its results file (results/<notebook>.csv) records them."""
-    path = notebook.parent.parent / "results" / f"{notebook.stem}.csv"
-    if not path.exists() or "precision_used" not in pd.read_csv(path, nrows=0).columns:
-        return []
-    return sorted(pd.read_csv(path, usecols=["precision_used"]).precision_used.dropna().unique().tolist())
+def training_cost(*frames: pd.DataFrame) -> dict:
+    """What the runs of these results frames cost: how many, their own seconds summed (a resumed run counts each
+    session's share), and the devices and precisions they trained on. A run in several frames counts once."""
+    runs = pd.concat(frames, ignore_index=True).drop_duplicates("config_id")
+
+    def values(column):
+        return sorted(runs[column].dropna().unique().tolist()) if column in runs else []
+
+    return {"runs": len(runs), "training_seconds": round(float(runs.seconds.sum()), 1), "devices": values("device"),
+            "precisions": values("precision_used")}
+
+
+def show_training(*frames: pd.DataFrame) -> dict:
+    """Print the training cost of a notebook's runs and leave it in the notebook's outputs, where `record` finds it."""
+    from IPython.display import display
+
+    cost = training_cost(*frames)
+    text = (f"training: {cost['runs']} runs, {cost['training_seconds'] / 3600:.2f} h (the runs' own seconds, summed), "
+            f"on {', '.join(cost['devices'])}" + (f", in {', '.join(cost['precisions'])}" if cost["precisions"] else ""))
+    display({"text/plain": text, TRAINING: cost}, raw=True)
+    return cost
+
+
+def _shown_training(notebook: dict) -> dict | None:
+    """The training cost the executed notebook showed (its last), or None where it trains nothing."""
+    shown = [output["data"][TRAINING] for cell in notebook["cells"] for output in cell.get("outputs", [])
+             if TRAINING in output.get("data", {})]
+    return shown[-1] if shown else None
 
 
 def record(notebook: str | os.PathLike, profile: str, provenance: str | os.PathLike = PROVENANCE) -> dict:
     """Add (or replace) the notebook's entry in the provenance file, from its papermill metadata and this machine."""
     notebook = Path(notebook)
-    metadata = json.loads(notebook.read_text())["metadata"].get("papermill", {})
+    content = json.loads(notebook.read_text())
+    metadata = content["metadata"].get("papermill", {})
     if metadata.get("duration") is None:
         raise ValueError(f"{notebook} has no papermill run to record (execute it with papermill first)")
     device = default_device()
     entry = {"profile": resolve_profile(profile), "git_commit": _git_commit(notebook.parent),
-             "device": device_name(device), "precisions": _precisions(notebook), "torch": torch.__version__,
-             "transformers": transformers.__version__, "python": platform.python_version(),
-             "wall_seconds": round(float(metadata["duration"]), 1)}
+             "device": device_name(device), "torch": torch.__version__, "transformers": transformers.__version__,
+             "python": platform.python_version(), "wall_seconds": round(float(metadata["duration"]), 1),
+             "training": _shown_training(content)}
     provenance = Path(provenance)
     entries = json.loads(provenance.read_text()) if provenance.exists() else {}
     entries[notebook.stem] = entry
