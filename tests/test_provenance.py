@@ -6,7 +6,7 @@ import nbformat
 import pandas as pd
 import pytest
 
-from promptmem import provenance
+from promptmem import provenance, tables
 
 
 @pytest.fixture
@@ -57,13 +57,13 @@ def test_the_training_cost_a_notebook_shows_is_recorded_once_per_run(executed, t
     runs = pd.DataFrame({"config_id": ["a", "b"], "seconds": [100.0, 20.5], "device": ["cpu (x86_64, 2 threads)"] * 2,
                          "precision_used": ["bf16", None]})
     scan = runs.iloc[:1].assign(precision_used="fp32")  # the same run seen again in another frame counts once
-    cost = provenance.training_cost(runs, scan)
+    cost = tables.training_cost(runs, scan)
     assert cost == {"runs": 2, "training_seconds": 120.5, "devices": ["cpu (x86_64, 2 threads)"],
                     "precisions": ["bf16"]}
-    assert provenance.training_cost(runs.drop(columns="precision_used"))["precisions"] == []  # not recorded
+    assert tables.training_cost(runs.drop(columns="precision_used"))["precisions"] == []  # not recorded
     notebook = nbformat.read(executed, as_version=4)
     notebook.cells[0].outputs.append(nbformat.v4.new_output("display_data", data={
-        "text/plain": "training: 2 runs", provenance.TRAINING: cost}))
+        "text/plain": "training: 2 runs", tables.TRAINING: cost}))
     nbformat.write(notebook, executed)
     entry = provenance.record(executed, "quick", tmp_path / "provenance.json")
     assert entry["training"] == cost and entry["wall_seconds"] == 12.3

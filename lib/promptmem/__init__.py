@@ -16,14 +16,13 @@ Modules, each one concern (each imports only modules listed above it):
     store       the crash-safe results store, measurements kept beside it, re-plot mode
     chunking    which configs share a batched pass, and chunks of them by memory and prompt length
     sweeps      running configs: one alone, or a sweep that skips finished ones (batched on a GPU)
-    tables      finished rows into what the figures plot: best setting, minimal prompt length, bounds
+    tables      finished rows into what the figures plot: best setting, minimal prompt length, bounds; training cost
     reproducibility  what a rerun reproduces across machines and batch shapes, and within which tolerance
     seq2seq     sequence-to-sequence memorization through a frozen causal model's LM head: pairs, teacher-forced
                 training, exact match under greedy decoding, their sweep
     single_layer     Hu et al.'s frozen 1-layer, 1-head Transformer: grid and Lipschitz data, prompt fits, their sweep
     profiles    paper / quick / auto, and each notebook's grids
-    provenance  where the committed figures come from (figures/provenance.json), what a notebook's training cost;
-                stripping executed notebooks
+    provenance  where the committed figures come from (figures/provenance.json); stripping executed notebooks
     theory      the papers' formulas (each with its source, exact or proxy) and power-law fits
     plotting    figure style and saving (PNG + PDF + CSV)
 """
@@ -35,11 +34,11 @@ from .data import PairData, load_tokenizer, low_rank_sequences, make_dataset, ra
 from .model import SoftPromptModel
 from .profiles import (EFFICIENCY, GENERATION, INITIALIZATION, LOW_RANK, MEMORIZATION, SEQ2SEQ, SINGLE_LAYER,
                        init_scale_scan, resolve_profile)
-from .provenance import show_training
 from .rows import device_name
 from .store import ResultsStore, read_results, stored_table
 from .sweeps import run_config, run_sweep
-from .tables import best_setting, evaluation_curves, min_prompt_length, prompt_bounds, shortest_memorizing
+from .tables import (best_setting, evaluation_curves, min_prompt_length, prompt_bounds, shortest_memorizing,
+                     show_training)
 from .training import select_precision, train
 
 __version__ = "0.1.0"

@@ -3,7 +3,7 @@ the wall time of the run, and what its training cost (figures/provenance.json); 
 what changes from run to run without meaning (papermill's and Jupyter's timestamps, progress-bar widget state).
 
 A sweep resumes across sessions, so the run that executes a notebook last may only re-plot finished rows: its wall
-time says nothing of the training. A notebook therefore shows its runs' training cost (`show_training`: the runs'
+time says nothing of the training. A notebook therefore shows its runs' training cost (`tables.show_training`: the runs'
 own seconds summed, their devices and precisions) and `record` copies it from the executed notebook.
 
     python -m promptmem.provenance record notebooks/01_memorization_curves.ipynb --profile auto
@@ -27,11 +27,11 @@ import transformers
 from .profiles import resolve_profile
 from .rows import device_name
 from .store import write_atomically
+from .tables import TRAINING
 from .training import default_device
 
 PROVENANCE = Path("figures") / "provenance.json"  # relative to the repository root, where `make` runs
 WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
-TRAINING = "application/vnd.promptmem.training+json"  # the output `show_training` leaves for `record`
 
 
 CODE = ("lib", "Makefile", "pyproject.toml")  # what decides the numbers (a run rewrites notebooks, results, figures)
@@ -46,29 +46,6 @@ def _git_commit(folder: Path) -> str:
     top = git("rev-parse", "--show-toplevel")
     changed = git("status", "--porcelain", "--untracked-files=no", "--", *(f"{top}/{path}" for path in CODE))
     return commit + ("+changes" if changed else "")
-
-
-def training_cost(*frames: pd.DataFrame) -> dict:
-    """What the runs of these results frames cost: how many, their own seconds summed (a resumed run counts each
-    session's share), and the devices and precisions they trained on. A run in several frames counts once."""
-    runs = pd.concat(frames, ignore_index=True).drop_duplicates("config_id")
-
-    def values(column):
-        return sorted(runs[column].dropna().unique().tolist()) if column in runs else []
-
-    return {"runs": len(runs), "training_seconds": round(float(runs.seconds.sum()), 1), "devices": values("device"),
-            "precisions": values("precision_used")}
-
-
-def show_training(*frames: pd.DataFrame) -> dict:
-    """Print the training cost of a notebook's runs and leave it in the notebook's outputs, where `record` finds it."""
-    from IPython.display import display
-
-    cost = training_cost(*frames)
-    text = (f"training: {cost['runs']} runs, {cost['training_seconds'] / 3600:.2f} h (the runs' own seconds, summed), "
-            f"on {', '.join(cost['devices'])}" + (f", in {', '.join(cost['precisions'])}" if cost["precisions"] else ""))
-    display({"text/plain": text, TRAINING: cost}, raw=True)
-    return cost
 
 
 def _shown_training(notebook: dict) -> dict | None:

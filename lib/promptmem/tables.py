@@ -1,11 +1,14 @@
 """Finished results rows read into what the figures plot: the best setting, the minimal prompt length per setting,
-the shortest memorizing run per n, the accuracy curves over epochs and the trained prompts' query/key bounds."""
+the shortest memorizing run per n, the accuracy curves over epochs, the trained prompts' query/key bounds, and what
+the runs cost to train."""
 
 from __future__ import annotations
 
 import json
 
 import pandas as pd
+
+TRAINING = "application/vnd.promptmem.training+json"  # the output `show_training` leaves for provenance
 
 
 def best_setting(results: pd.DataFrame, column: str):
@@ -56,3 +59,26 @@ def prompt_bounds(rows: pd.DataFrame) -> pd.DataFrame:
                 for row in rows.to_dict("records") for layer, bound in enumerate(json.loads(row["prompt_qk_bound"]), 1)]
     return pd.DataFrame(measured, columns=["config_id", "dataset", "labels", "n", "prompt_len", "length", "layer",
                                            "bound"])
+
+
+def training_cost(*frames: pd.DataFrame) -> dict:
+    """What the runs of these results frames cost: how many, their own seconds summed (a resumed run counts each
+    session's share), and the devices and precisions they trained on. A run in several frames counts once."""
+    runs = pd.concat(frames, ignore_index=True).drop_duplicates("config_id")
+
+    def values(column):
+        return sorted(runs[column].dropna().unique().tolist()) if column in runs else []
+
+    return {"runs": len(runs), "training_seconds": round(float(runs.seconds.sum()), 1), "devices": values("device"),
+            "precisions": values("precision_used")}
+
+
+def show_training(*frames: pd.DataFrame) -> dict:
+    """Print the training cost of a notebook's runs and leave it in the notebook's outputs, where `provenance.record` finds it."""
+    from IPython.display import display
+
+    cost = training_cost(*frames)
+    text = (f"training: {cost['runs']} runs, {cost['training_seconds'] / 3600:.2f} h (the runs' own seconds, summed), "
+            f"on {', '.join(cost['devices'])}" + (f", in {', '.join(cost['precisions'])}" if cost["precisions"] else ""))
+    display({"text/plain": text, TRAINING: cost}, raw=True)
+    return cost
