@@ -74,7 +74,8 @@ def training_cost(*frames: pd.DataFrame) -> dict:
 
 
 def show_training(*frames: pd.DataFrame) -> dict:
-    """Print the training cost of a notebook's runs and leave it in the notebook's outputs, where `provenance.record` finds it."""
+    """Print the training cost of a notebook's runs and leave it in the notebook's outputs, where
+    `provenance.record` finds it."""
     from IPython.display import display
 
     cost = training_cost(*frames)
