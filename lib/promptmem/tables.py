@@ -79,7 +79,9 @@ def show_training(*frames: pd.DataFrame) -> dict:
     from IPython.display import display
 
     cost = training_cost(*frames)
-    text = (f"training: {cost['runs']} runs, {cost['training_seconds'] / 3600:.2f} h (the runs' own seconds, summed), "
-            f"on {', '.join(cost['devices'])}" + (f", in {', '.join(cost['precisions'])}" if cost["precisions"] else ""))
+    seconds = cost["training_seconds"]
+    spent = f"{seconds / 3600:.2f} h" if seconds >= 3600 else f"{seconds / 60:.1f} min"
+    text = (f"training: {cost['runs']} runs, {spent} (the runs' own seconds, summed), on {', '.join(cost['devices'])}"
+            + (f", in {', '.join(cost['precisions'])}" if cost["precisions"] else ""))
     display({"text/plain": text, TRAINING: cost}, raw=True)
     return cost
