@@ -62,8 +62,8 @@ def test_the_training_cost_a_notebook_shows_is_recorded_once_per_run(executed, t
                     "precisions": ["bf16"]}
     assert tables.training_cost(runs.drop(columns="precision_used"))["precisions"] == []  # not recorded
     notebook = nbformat.read(executed, as_version=4)
-    notebook.cells[0].outputs.append(nbformat.v4.new_output("display_data", data={
-        "text/plain": "training: 2 runs", tables.TRAINING: cost}))
+    notebook.cells[0].outputs.append(nbformat.v4.new_output("display_data", data={"text/plain": "training: 2 runs"},
+                                                            metadata={tables.TRAINING: cost}))
     nbformat.write(notebook, executed)
     entry = provenance.record(executed, "quick", tmp_path / "provenance.json")
     assert entry["training"] == cost and entry["wall_seconds"] == 12.3

@@ -50,8 +50,8 @@ def _git_commit(folder: Path) -> str:
 
 def _shown_training(notebook: dict) -> dict | None:
     """The training cost the executed notebook showed (its last), or None where it trains nothing."""
-    shown = [output["data"][TRAINING] for cell in notebook["cells"] for output in cell.get("outputs", [])
-             if TRAINING in output.get("data", {})]
+    shown = [output["metadata"][TRAINING] for cell in notebook["cells"] for output in cell.get("outputs", [])
+             if TRAINING in output.get("metadata", {})]
     return shown[-1] if shown else None
 
 

@@ -8,7 +8,7 @@ import json
 
 import pandas as pd
 
-TRAINING = "application/vnd.promptmem.training+json"  # the output `show_training` leaves for provenance
+TRAINING = "promptmem_training"  # the output metadata `show_training` leaves for provenance (no renderer sees it)
 
 
 def best_setting(results: pd.DataFrame, column: str):
@@ -83,5 +83,5 @@ def show_training(*frames: pd.DataFrame) -> dict:
     spent = f"{seconds / 3600:.2f} h" if seconds >= 3600 else f"{seconds / 60:.1f} min"
     text = (f"training: {cost['runs']} runs, {spent} (the runs' own seconds, summed), on {', '.join(cost['devices'])}"
             + (f", in {', '.join(cost['precisions'])}" if cost["precisions"] else ""))
-    display({"text/plain": text, TRAINING: cost}, raw=True)
+    display({"text/plain": text}, metadata={TRAINING: cost}, raw=True)
     return cost
