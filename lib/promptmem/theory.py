@@ -114,3 +114,9 @@ def fit_power_law(x, y) -> tuple[float, float]:
         return float("nan"), float("nan")
     exponent, log_constant = np.polyfit(np.log(x[keep]), np.log(y[keep]), 1)
     return float(exponent), float(np.exp(log_constant))
+
+
+def sublinear(exponent: float) -> bool:
+    """Whether a fitted exponent is below 1 at the two decimals reported: p doubling exactly with n on a power-of-two
+    grid fits 1 - 1e-15, which is linear growth, not sublinear. NaN (no fit) is not sublinear."""
+    return round(exponent, 2) < 1
