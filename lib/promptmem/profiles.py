@@ -89,14 +89,16 @@ MEMORIZATION = {
         # the powers of two, plus the points between them: the minimal p is read off this grid
         prompt_lengths=(1, 2, 3, 4, 6, 8, 12, 16, 24, 32),
     ),
-    # The paper's backbone, optimizer and epoch budget; n up to the paper's smallest, p on every other point of its
-    # grid, the scan at the smallest n (measured on 2 cores: an epoch at n = 1600 takes 0.5 s at p = 1, 0.9 s at
-    # p = 8 and 3.6 s at p = 32, in bf16). The N panel at the paper's n: at n = 400 one prompt token memorizes every
-    # N = 4, 8, 16 (in 617, 494, 366 epochs; those rows stay in results/), so the panel could not show N's effect.
+    # The paper's backbone, optimizer and epoch budget; n up to the paper's smallest, p on the powers of two of its
+    # grid and 3, the one grid point between the thresholds the powers found at n = 1600 (p = 2 fails, 4 memorizes):
+    # without it p doubles with n on the grid alone, whatever the rate. The scan at the smallest n (measured on 2
+    # cores: an epoch at n = 1600 takes 0.5 s at p = 1, 0.9 s at p = 8 and 3.6 s at p = 32, in bf16). The N panel at
+    # the paper's n: at n = 400 one prompt token memorizes every N = 4, 8, 16 (in 617, 494, 366 epochs; those rows
+    # stay in results/), so the panel could not show N's effect.
     "medium": MemorizationSettings(
         base=RunConfig(n=400, prompt_len=8, dataset="imdb", seq_len=8, epochs=1000, lr=0.005),
         n_values=(400, 800, 1600),
-        prompt_lengths=(1, 2, 4, 8, 16, 32),
+        prompt_lengths=(1, 2, 3, 4, 8, 16, 32),
         seq_len_n=1600,
         scan=InitScaleScan(n=400),
         baseline_n_values=(1600,),
