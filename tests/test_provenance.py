@@ -67,3 +67,19 @@ def test_the_training_cost_a_notebook_shows_is_recorded_once_per_run(executed, t
     nbformat.write(notebook, executed)
     entry = provenance.record(executed, "quick", tmp_path / "provenance.json")
     assert entry["training"] == cost and entry["wall_seconds"] == 12.3
+
+
+def test_the_cost_table_lists_each_notebook_that_trained(executed, tmp_path):
+    record_path = tmp_path / "provenance.json"
+    provenance.record(executed, "quick", record_path)  # trains nothing: no row
+    notebook = nbformat.read(executed, as_version=4)
+    cost = {"runs": 3, "training_seconds": 5400.0, "devices": ["cpu"], "precisions": []}
+    notebook.cells[0].outputs.append(nbformat.v4.new_output("display_data", data={"text/plain": "training"},
+                                                            metadata={tables.TRAINING: cost}))
+    trained = tmp_path / "01_trained.ipynb"
+    nbformat.write(notebook, trained)
+    provenance.record(trained, "medium", record_path)
+    rows = provenance.cost_table(record_path).splitlines()
+    assert len(rows) == 3 and rows[2] == "| 01_trained | medium | cpu | 3 | 1.50 h | not recorded |"
+    with pytest.raises(SystemExit):
+        provenance.main(["strip"])  # every command but table needs a notebook

@@ -9,6 +9,7 @@ own seconds summed, their devices and precisions) and `record` copies it from th
     python -m promptmem.provenance record notebooks/01_memorization_curves.ipynb --profile auto
     python -m promptmem.provenance profile notebooks/01_memorization_curves.ipynb   # the profile it was run in
     python -m promptmem.provenance strip notebooks/01_memorization_curves.ipynb
+    python -m promptmem.provenance table   # the README's table of what each committed run cost
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import transformers
 from .profiles import resolve_profile
 from .rows import device_name
 from .store import write_atomically
-from .tables import TRAINING
+from .tables import TRAINING, duration
 from .training import default_device
 
 PROVENANCE = Path("figures") / "provenance.json"  # relative to the repository root, where `make` runs
@@ -84,6 +85,19 @@ def recorded_profile(notebook: str | os.PathLike, provenance: str | os.PathLike 
     return entries[stem]["profile"]
 
 
+def cost_table(provenance: str | os.PathLike = PROVENANCE) -> str:
+    """A markdown table of each committed notebook run: profile, device, training runs and hours, precisions."""
+    lines = ["| notebook | profile | device | runs trained | training (their own time, summed) | precisions |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    for stem, entry in json.loads(Path(provenance).read_text()).items():
+        training = entry.get("training")
+        if training:
+            lines.append(f"| {stem} | {entry['profile']} | {', '.join(training['devices'])} | {training['runs']} | "
+                         f"{duration(training['training_seconds'])} | "
+                         f"{', '.join(training['precisions']) or 'not recorded'} |")
+    return "\n".join(lines)
+
+
 def strip(notebook: str | os.PathLike) -> None:
     """Remove timestamps, widget state and papermill's injected-parameters cell from an executed notebook, keeping
     every output's text and images. The parameters it ran with stay in its papermill metadata; without the injected
@@ -107,16 +121,20 @@ def strip(notebook: str | os.PathLike) -> None:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description="provenance of the committed figures")
-    parser.add_argument("command", choices=("record", "profile", "strip"))
-    parser.add_argument("notebook")
+    parser.add_argument("command", choices=("record", "profile", "strip", "table"))
+    parser.add_argument("notebook", nargs="?", help="record, profile, strip: the executed notebook")
     parser.add_argument("--profile", default="auto", help="record: the profile the notebook was run with")
     arguments = parser.parse_args(argv)
+    if arguments.command != "table" and arguments.notebook is None:
+        parser.error(f"{arguments.command} needs a notebook")
     if arguments.command == "record":
         print(json.dumps(record(arguments.notebook, arguments.profile)))
     elif arguments.command == "profile":
         print(recorded_profile(arguments.notebook))
-    else:
+    elif arguments.command == "strip":
         strip(arguments.notebook)
+    else:
+        print(cost_table())
 
 
 if __name__ == "__main__":

@@ -73,15 +73,19 @@ def training_cost(*frames: pd.DataFrame) -> dict:
             "precisions": values("precision_used")}
 
 
+def duration(seconds: float) -> str:
+    """Hours from an hour on, minutes below."""
+    return f"{seconds / 3600:.2f} h" if seconds >= 3600 else f"{seconds / 60:.1f} min"
+
+
 def show_training(*frames: pd.DataFrame) -> dict:
     """Print the training cost of a notebook's runs and leave it in the notebook's outputs, where
     `provenance.record` finds it."""
     from IPython.display import display
 
     cost = training_cost(*frames)
-    seconds = cost["training_seconds"]
-    spent = f"{seconds / 3600:.2f} h" if seconds >= 3600 else f"{seconds / 60:.1f} min"
-    text = (f"training: {cost['runs']} runs, {spent} (the runs' own seconds, summed), on {', '.join(cost['devices'])}"
+    text = (f"training: {cost['runs']} runs, {duration(cost['training_seconds'])} (the runs' own seconds, summed), "
+            f"on {', '.join(cost['devices'])}"
             + (f", in {', '.join(cost['precisions'])}" if cost["precisions"] else ""))
     display({"text/plain": text}, metadata={TRAINING: cost}, raw=True)
     return cost
