@@ -21,7 +21,6 @@ import platform
 import subprocess
 from pathlib import Path
 
-import pandas as pd
 import torch
 import transformers
 
