@@ -8,7 +8,8 @@ Per epoch a prompt run costs one forward and one backward pass to the input over
 bench_step.py, with the K generated tokens of notebook 02 counted as sequence length), and notebook 04 adds a
 forward pass over its train and test sets every `eval_every` epochs. The time assumes a sustained throughput: the
 defaults are guesses (about a quarter of a T4's 65 TFLOP/s fp16 peak and of an H100's 790 TFLOP/s bf16 one), not
-measurements; pass your own.
+measurements; pass your own. The last column is what the notebook's committed medium profile (the papers' backbones
+at smaller grids) took to train on the CPU it ran on, as `figures/provenance.json` records it.
 """
 
 from __future__ import annotations
@@ -16,10 +17,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib.util
+import json
 from pathlib import Path
 
 from promptmem import profiles
 from promptmem.configs import grid
+from promptmem.provenance import PROVENANCE
+from promptmem.tables import duration
 
 ROBERTA_BASE_SHAPE = dict(num_layers=12, hidden_size=768, num_heads=12, ffn_size=3072)
 
@@ -65,17 +69,30 @@ def paper_configs() -> dict[str, list]:
     }
 
 
+def measured_medium(notebook: str, provenance: Path) -> str:
+    """The training cost of the notebook's committed medium-profile run, or why there is none."""
+    entry = json.loads(provenance.read_text()).get(notebook, {}) if provenance.exists() else {}
+    training = entry.get("training")
+    if entry.get("profile") != "medium" or not training:
+        return "not run yet"
+    return f"{training['runs']} runs, {duration(training['training_seconds'])} ({', '.join(training['devices'])})"
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tflops-t4", type=float, default=16.0, help="sustained TFLOP/s assumed on a T4")
     parser.add_argument("--tflops-h100", type=float, default=200.0, help="sustained TFLOP/s assumed on an H100")
+    parser.add_argument("--provenance", type=Path, default=Path(__file__).parents[1] / PROVENANCE,
+                        help="where the committed runs' training cost is recorded")
     arguments = parser.parse_args(argv)
     print(f"| notebook | runs | PFLOP (upper bound) | T4 at {arguments.tflops_t4:g} TFLOP/s | "
-          f"H100 at {arguments.tflops_h100:g} TFLOP/s |\n| --- | --- | --- | --- | --- |")
+          f"H100 at {arguments.tflops_h100:g} TFLOP/s | medium profile, measured: training |\n"
+          "| --- | --- | --- | --- | --- | --- |")
     for notebook, configs in paper_configs().items():
         flops = sum(map(run_flops, configs))
         hours = [flops / (tflops * 1e12) / 3600 for tflops in (arguments.tflops_t4, arguments.tflops_h100)]
-        print(f"| {notebook} | {len(configs)} | {flops / 1e15:.1f} | {hours[0]:.1f} h | {60 * hours[1]:.0f} min |")
+        print(f"| {notebook} | {len(configs)} | {flops / 1e15:.1f} | {hours[0]:.1f} h | {60 * hours[1]:.0f} min | "
+              f"{measured_medium(notebook, arguments.provenance)} |")
 
 
 if __name__ == "__main__":

@@ -14,9 +14,16 @@ from promptmem.backbones import random_backbone
 from promptmem.model import SoftPromptModel
 from promptmem.readout import ReadoutEncoder
 
-spec = importlib.util.spec_from_file_location("bench_step", Path(__file__).parents[1] / "bench" / "bench_step.py")
-bench = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(bench)
+
+def load_script(name):
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).parents[1] / "bench" / f"{name}.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    return script
+
+
+bench = load_script("bench_step")
+paper_cost = load_script("paper_cost")
 
 
 def test_the_step_flops_are_what_pytorch_counts():
@@ -61,9 +68,6 @@ def test_the_benchmark_runs_and_writes_its_report(tmp_path):
 
 
 def test_the_paper_cost_counts_every_training_notebook(capsys):
-    spec = importlib.util.spec_from_file_location("paper_cost", Path(__file__).parents[1] / "bench" / "paper_cost.py")
-    paper_cost = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(paper_cost)
     configs = paper_cost.paper_configs()
     assert set(configs) == {"01_memorization_curves", "02_generation_tradeoff", "03_low_rank_structure",
                             "04_initialization_effect"}
@@ -73,3 +77,14 @@ def test_the_paper_cost_counts_every_training_notebook(capsys):
         dict(num_layers=2, hidden_size=512, ffn_size=2048), one.n, one.prompt_len + one.seq_len)
     paper_cost.main([])
     assert capsys.readouterr().out.count("| 0") == 4  # a table row per notebook
+
+
+def test_the_paper_cost_shows_what_a_committed_medium_run_took(tmp_path, capsys):
+    training = dict(runs=12, training_seconds=5400.0, devices=["cpu (x86_64, 2 threads)"], precisions=["bf16"])
+    provenance = tmp_path / "provenance.json"
+    provenance.write_text(json.dumps({"01_memorization_curves": dict(profile="medium", training=training),
+                                      "03_low_rank_structure": dict(profile="quick", training=training)}))
+    paper_cost.main(["--provenance", str(provenance)])
+    rows = {line.split(" | ")[0][2:]: line for line in capsys.readouterr().out.splitlines()}
+    assert rows["01_memorization_curves"].endswith("| 12 runs, 1.50 h (cpu (x86_64, 2 threads)) |")
+    assert rows["03_low_rank_structure"].endswith("| not run yet |")  # its committed run is the quick profile's
