@@ -69,9 +69,8 @@ def paper_configs() -> dict[str, list]:
     }
 
 
-def measured_medium(notebook: str, provenance: Path) -> str:
-    """The training cost of the notebook's committed medium-profile run, or why there is none."""
-    entry = json.loads(provenance.read_text()).get(notebook, {}) if provenance.exists() else {}
+def measured_medium(entry: dict) -> str:
+    """The training cost of a notebook's committed medium-profile run (its provenance entry), or why there is none."""
     training = entry.get("training")
     if entry.get("profile") != "medium" or not training:
         return "not run yet"
@@ -85,6 +84,7 @@ def main(argv=None) -> None:
     parser.add_argument("--provenance", type=Path, default=Path(__file__).parents[1] / PROVENANCE,
                         help="where the committed runs' training cost is recorded")
     arguments = parser.parse_args(argv)
+    recorded = json.loads(arguments.provenance.read_text()) if arguments.provenance.exists() else {}
     print(f"| notebook | runs | PFLOP (upper bound) | T4 at {arguments.tflops_t4:g} TFLOP/s | "
           f"H100 at {arguments.tflops_h100:g} TFLOP/s | medium profile, measured: training |\n"
           "| --- | --- | --- | --- | --- | --- |")
@@ -92,7 +92,7 @@ def main(argv=None) -> None:
         flops = sum(map(run_flops, configs))
         hours = [flops / (tflops * 1e12) / 3600 for tflops in (arguments.tflops_t4, arguments.tflops_h100)]
         print(f"| {notebook} | {len(configs)} | {flops / 1e15:.1f} | {hours[0]:.1f} h | {60 * hours[1]:.0f} min | "
-              f"{measured_medium(notebook, arguments.provenance)} |")
+              f"{measured_medium(recorded.get(notebook, {}))} |")
 
 
 if __name__ == "__main__":
