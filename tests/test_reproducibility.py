@@ -1,7 +1,8 @@
 """Across machines and batch shapes a rerun keeps what the verdicts read (status, epochs, accuracies, curves) and its
 floats within RELATIVE_TOLERANCE; the forced kernel set of make test's second pass really changes the kernels.
 
-`make test` runs this module twice: with this machine's kernels, and with reproducibility.OTHER_KERNELS."""
+`make test` runs the tests marked `kernels` twice: with this machine's kernels, and with reproducibility.OTHER_KERNELS.
+The probe of both kernel sets sets each process's environment itself, so it runs once."""
 
 import json
 import math
@@ -16,11 +17,11 @@ import pytest
 from promptmem import ResultsStore, config_from_row, reproducibility, run_sweep
 from promptmem.reproducibility import RELATIVE_TOLERANCE, compare_rows, disagreements
 
-pytestmark = pytest.mark.kernels
 # Short runs (30 epochs at most) of the tiny encoder and decoder, made on another machine by bench/determinism.py
 REFERENCE = Path(__file__).parent / "reference_rows.csv"
 
 
+@pytest.mark.kernels
 @pytest.mark.parametrize("batched", [False, True], ids=["alone", "batched"])
 def test_rows_made_on_another_machine_are_reproduced_here(tmp_path, batched):
     reference = ResultsStore(REFERENCE).load()
@@ -106,6 +107,7 @@ def test_the_other_kernel_set_takes_effect_and_changes_the_bits_within_the_toler
     assert largest < RELATIVE_TOLERANCE
 
 
+@pytest.mark.kernels
 def test_this_pass_runs_on_the_kernels_its_environment_asks_for():
     import torch
 
