@@ -90,6 +90,30 @@ def test_the_cpu_precision_is_bf16_for_a_frozen_encoder_where_the_cpu_has_native
     assert select_precision("cpu", encoder_model) == "fp32"
 
 
+@pytest.mark.parametrize("avx512_bf16, amx, cap, native", [
+    (True, True, None, True), (True, False, None, True), (False, True, None, True),
+    (False, False, None, False),  # AVX-512 without BF16 (Skylake to Ice Lake): oneDNN would emulate bf16
+    (True, True, "AVX512_CORE", False), (True, True, "avx512_core_vnni", False), (True, True, "AVX2", False),
+    (True, True, "AVX512_CORE_BF16", True), (True, True, "avx512_core_amx", True)])
+def test_bf16_counts_as_native_only_with_avx512_bf16_or_amx_and_no_cap_below_them(monkeypatch, avx512_bf16, amx,
+                                                                                   cap, native):
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx, raising=False)
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True)
+    monkeypatch.delenv("DNNL_MAX_CPU_ISA", raising=False)
+    if cap is None:
+        monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    else:
+        monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", cap)
+    assert training.cpu_has_native_bf16() is native
+
+
+def test_bf16_is_not_native_where_onednn_has_no_bf16_at_all(monkeypatch):
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True, raising=False)
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)
+    assert not training.cpu_has_native_bf16()
+
+
 @pytest.mark.parametrize("batch_size", [None, 8])
 def test_a_run_trained_in_bf16_is_memorized_only_when_fp32_agrees(tiny_backbone, tiny_data, batch_size):
     model = SoftPromptModel(tiny_backbone, 4, seed=0)
