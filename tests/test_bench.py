@@ -24,6 +24,7 @@ def load_script(name):
 
 bench = load_script("bench_step")
 paper_cost = load_script("paper_cost")
+device_check = load_script("device_check")
 
 
 def test_the_step_flops_are_what_pytorch_counts():
@@ -65,6 +66,21 @@ def test_the_benchmark_runs_and_writes_its_report(tmp_path):
     assert all(math.isfinite(step[key]) for key in ("peft_best_ms", "before_ms", "now_ms", "now_vs_peft_best"))
     assert step["precision_now"] in ("bf16", "fp32") and step["step_tflop_readout"] < step["step_tflop_full"]
     assert written["sweep"]["configs"] == 4 and written["sweep"]["one_at_a_time_s"] > 0
+
+
+def test_the_device_check_reruns_the_committed_rows_in_each_precision_and_batched(tmp_path):
+    report = device_check.main(["--smoke", "--out", str(tmp_path)])
+    written = json.loads(next(tmp_path.glob("device-check-*.json")).read_text())
+    assert written == json.loads(json.dumps(report, default=str))
+    committed_prompts = [run["prompt_len"] for run in written["committed"]["runs"]]
+    assert written["smoke"] and written["committed"]["smallest_memorizing_prompt"] in committed_prompts
+    assert set(written["runs"]) == {"fp32 one at a time", "bf16 one at a time", "fp16 one at a time", "bf16 batched"}
+    for name, result in written["runs"].items():
+        assert [run["prompt_len"] for run in result["runs"]] == committed_prompts[:2]
+        assert all(run["precision_used"] == name.split()[0] and 0 <= run["final_accuracy"] <= 1
+                   for run in result["runs"])
+    assert written["runs"]["fp32 one at a time"]["largest_accuracy_difference_from_fp32"] == 0
+    assert written["batched_against_one_at_a_time_bf16"]["configs"] == 2
 
 
 def test_the_paper_cost_counts_every_training_notebook(capsys):
