@@ -24,6 +24,7 @@ import pandas as pd
 import torch
 
 from promptmem.configs import config_from_row
+from promptmem.profiles import LOW_RANK
 from promptmem.reproducibility import compare_rows, summary
 from promptmem.rows import device_name
 from promptmem.sweeps import run_sweep
@@ -36,12 +37,14 @@ SMOKE = dict(n=16, hidden_size=32, num_heads=2, ffn_size=64, epochs=3)
 
 
 def committed_rows() -> pd.DataFrame:
-    """Notebook 03's medium random-token rows (the width-512 encoder), by prompt length."""
+    """Notebook 03's medium random-token rows (the profile's encoder and n), by prompt length."""
     rows = pd.read_csv(RESULTS)
-    medium = rows[(rows.dataset == "random_tokens") & (rows.hidden_size == 512) & (rows.n == 1000)]
+    settings = LOW_RANK["medium"]
+    medium = rows[(rows.dataset == "random_tokens") & (rows.hidden_size == settings.base.hidden_size)
+                  & (rows.n == settings.n)]
     if medium.empty:
-        raise SystemExit(f"{RESULTS} holds no medium random-token rows (hidden_size 512, n 1000): run notebook 03's "
-                         f"medium profile first")
+        raise SystemExit(f"{RESULTS} holds no medium random-token rows (hidden_size {settings.base.hidden_size}, "
+                         f"n {settings.n}): run notebook 03's medium profile first")
     return medium.sort_values("prompt_len")
 
 
