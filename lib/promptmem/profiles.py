@@ -248,7 +248,7 @@ INITIALIZATION = {
     # 0.02 (uniform attention, where a random backbone stays near chance) and 0.1, where notebook 01's scan found the
     # width-512 encoder memorizing fastest, so that the pretrained weights also meet a random backbone that can fit.
     # Measured on 2 cores: a MiniLM run takes 5-7 minutes at p = 8 and 10-17 at p = 32, the 2-layer encoder's 3-4
-    # and 6-7; these 36 runs, about 5.5 hours alone.
+    # and 6-7; these 36 runs, about 5 hours alone.
     "medium": InitializationSettings(
         base=RunConfig(n=2000, test_n=200, prompt_len=8, dataset="sst2", seq_len=8, epochs=100, lr=0.001,
                        batch_size=32, early_stop=False, eval_every=5),
