@@ -24,7 +24,6 @@ import argparse
 import copy
 import json
 import platform
-import re
 import tempfile
 import time
 from pathlib import Path
@@ -37,6 +36,7 @@ from promptmem.batched import Run, train_together
 from promptmem.model import SoftPromptModel
 from promptmem.chunking import default_tokens_per_pass, plan_chunks
 from promptmem.configs import RunConfig, grid
+from promptmem.rows import device_file_stem
 from promptmem.sweeps import run_sweep
 from promptmem.training import autocast, cpu_has_native_bf16, select_precision, train
 
@@ -259,7 +259,7 @@ def main(argv=None) -> dict:
               "sweep": {"n_shrunk_by": shrink, **sweep_benchmark(device, shrink, **sweep)}}
     folder = Path(arguments.out)
     folder.mkdir(parents=True, exist_ok=True)
-    name = re.sub(r"[^a-z0-9]+", "-", report["device"].lower()).strip("-")
+    name = device_file_stem(report["device"])
     (folder / f"{name}.json").write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {folder / f'{name}.json'}")
     return report

@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import re
 import tempfile
 import time
 from pathlib import Path
@@ -23,7 +22,7 @@ from distributed import Client, LocalCluster
 from promptmem import reproducibility
 from promptmem.configs import grid
 from promptmem.profiles import MEMORIZATION
-from promptmem.rows import device_name
+from promptmem.rows import device_file_stem, device_name
 from promptmem.sweeps import run_sweep
 
 
@@ -48,7 +47,7 @@ def main() -> dict:
               "serial_seconds": serial_seconds, "dask_workers": workers, "dask_threads_per_worker": 1,
               "dask_seconds": dask_seconds, "speedup": serial_seconds / dask_seconds,
               "rows": reproducibility.summary(reproducibility.compare_rows(serial, spread))}
-    out = Path(__file__).parent / "results" / f"dask-sweep-{re.sub(r'[^a-z0-9]+', '-', device.lower()).strip('-')}.json"
+    out = Path(__file__).parent / "results" / f"dask-sweep-{device_file_stem(device)}.json"
     out.write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report, indent=2))
     return report

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import re
 import tempfile
 from pathlib import Path
 
@@ -26,7 +25,7 @@ import torch
 from promptmem.configs import config_from_row
 from promptmem.profiles import LOW_RANK
 from promptmem.reproducibility import compare_rows, summary
-from promptmem.rows import device_name
+from promptmem.rows import device_file_stem, device_name
 from promptmem.sweeps import run_sweep
 from promptmem.training import default_device
 
@@ -96,7 +95,7 @@ def main(argv=None) -> dict:
         print(f"{name}: smallest memorizing p = {result['smallest_memorizing_prompt']}", flush=True)
     folder = Path(arguments.out)
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"device-check-{re.sub(r'[^a-z0-9]+', '-', report['device'].lower()).strip('-')}.json"
+    path = folder / f"device-check-{device_file_stem(report['device'])}.json"
     path.write_text(json.dumps(report, indent=2, default=str) + "\n")
     print(f"wrote {path}")
     return report

@@ -13,6 +13,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from promptmem.backbones import random_backbone
 from promptmem.model import SoftPromptModel
 from promptmem.readout import ReadoutEncoder
+from promptmem.rows import device_file_stem
 
 
 def load_script(name):
@@ -25,6 +26,11 @@ def load_script(name):
 bench = load_script("bench_step")
 paper_cost = load_script("paper_cost")
 device_check = load_script("device_check")
+
+
+def test_a_report_file_is_named_after_its_device():
+    assert device_file_stem("NVIDIA H100 80GB HBM3") == "nvidia-h100-80gb-hbm3"
+    assert device_file_stem("cpu (x86_64, 2 threads)") == "cpu-x86-64-2-threads"
 
 
 def test_the_step_flops_are_what_pytorch_counts():

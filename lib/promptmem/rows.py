@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import platform
+import re
 
 import torch
 import transformers
@@ -33,6 +34,12 @@ def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def device_file_stem(device: str) -> str:
+    """A device's name as a file name stem, for the benchmarks' reports: "NVIDIA H100 80GB HBM3" ->
+    "nvidia-h100-80gb-hbm3"."""
+    return re.sub(r"[^a-z0-9]+", "-", device.lower()).strip("-")
 
 
 def results_row(config: RunConfig, model, initial_prompt: torch.Tensor | None, result: TrainResult,
