@@ -50,18 +50,22 @@ figures: $(STAMP)
 	done
 
 # The notebooks run from a copy, so their results and figures land in build/ and never touch the committed ones.
+# One pytest worker per core (pytest-xdist), each of one thread: at the quick profile's sizes (16 positions, width
+# 128) a second process does more than a second thread (README, Run times). A notebook's cells stay together on one
+# worker (--dist loadscope); the notebooks, the longest tests, go first, so the short ones fill in at the end.
 # Then the determinism, batching and figure tests (marker `kernels`) run again under the kernel set of a machine
 # without AVX-512 (promptmem.reproducibility.OTHER_KERNELS; a test checks that each library obeys it): every run
 # meets the rounding of a machine unlike this one. The figure check (marker `replot`: every notebook re-plotted)
 # runs in that second pass only.
+TEST_WORKERS ?= $(shell nproc 2>/dev/null || echo 1)
+PYTEST = OMP_NUM_THREADS=1 PROMPTMEM_PROFILE=quick MPLBACKEND=Agg $(BIN)/python -m pytest -p no:cacheprovider \
+	-n $(TEST_WORKERS) --dist loadscope --no-loadscope-reorder
 OTHER_KERNELS = $$($(BIN)/python -c "from promptmem.reproducibility import OTHER_KERNELS as k; \
 	print(' '.join(f'{name}={value}' for name, value in k.items()))")
 test: $(STAMP) $(CHROMIUM)
 	rm -rf $(NBTEST) && mkdir -p $(NBTEST) && cp -r notebooks $(NBTEST)/
-	PROMPTMEM_PROFILE=quick MPLBACKEND=Agg $(BIN)/python -m pytest -p no:cacheprovider tests \
-		$(NBTEST)/notebooks --nbval-lax --nbval-current-env --durations=5 -m "not replot"
-	env $(OTHER_KERNELS) PROMPTMEM_PROFILE=quick MPLBACKEND=Agg $(BIN)/python -m pytest -p no:cacheprovider tests \
-		-m kernels
+	$(PYTEST) $(NBTEST)/notebooks tests --nbval-lax --nbval-current-env --durations=5 -m "not replot"
+	env $(OTHER_KERNELS) $(PYTEST) tests -m kernels
 
 # Static HTML from the README and the committed, executed notebooks (Sphinx with MyST-NB): nothing runs, nothing is
 # downloaded. tests/test_site.py builds it too, and opens every page in Chromium.

@@ -154,6 +154,18 @@ def test_accuracy_curves_are_evaluated_every_k_epochs(tiny_backbone, tiny_data):
     assert silent.evaluations["epoch"] == [] and math.isnan(silent.test_accuracy)
 
 
+def test_a_curve_point_at_the_last_epoch_is_the_final_evaluation(tiny_backbone, tiny_data):
+    held_out = data.random_tokens(16, 4, seed=9, vocab_size=TINY["vocab_size"])
+    model = SoftPromptModel(tiny_backbone, 4, seed=0)
+    with mock.patch("promptmem.training.evaluate", wraps=evaluate) as counted:
+        result = train(model, tiny_data.inputs, tiny_data.labels, epochs=6, lr=0.05, early_stop=False,
+                       progress=False, test_data=(held_out.inputs, held_out.labels), eval_every=3)
+    assert result.evaluations["epoch"] == [0, 3, 6]
+    assert counted.call_count == 6  # train and test at epochs 0, 3 and 6; the final accuracies are epoch 6's
+    assert (result.final_accuracy, result.final_loss) == evaluate(model, tiny_data.inputs, tiny_data.labels)
+    assert result.test_accuracy == evaluate(model, held_out.inputs, held_out.labels)[0]
+
+
 def test_curves_stop_where_an_early_stop_does(tiny_backbone, tiny_data):
     model = SoftPromptModel(tiny_backbone, 8, seed=0)
     result = train(model, tiny_data.inputs, tiny_data.labels, epochs=300, lr=0.05, progress=False, eval_every=50)

@@ -114,7 +114,7 @@ class Backbone(nn.Module):
         encoder computes it with `readout.ReadoutEncoder`: its weights cast to that dtype once, and in the last
         layer only what `position` needs. In fp32, and for causal or trainable models, it is `encode`'s."""
         device = inputs_embeds.device.type
-        if not self.has_readout_encoder or not torch.is_autocast_enabled(device):
+        if not torch.is_autocast_enabled(device) or not self.has_readout_encoder:  # the cheap test first
             return self.encode(inputs_embeds, attention_mask, position_ids)[:, position]
         key = (torch.get_autocast_dtype(device), inputs_embeds.device)
         if key not in self._readout_encoders:  # the frozen weights in that dtype, on that device, made once

@@ -170,13 +170,21 @@ def train(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, *, epoch
         result.seconds = load_checkpoint(checkpoint, model, optimizer, scaler, generator, result)
     start_time = time.perf_counter() - result.seconds
 
+    def clean_evaluation() -> tuple[float, float, float]:  # train accuracy and loss, test accuracy; in fp32
+        train_accuracy, train_loss = evaluate(model, inputs, labels, batch_size=batch_size)
+        test_accuracy = float("nan") if test_data is None else evaluate(model, *test_data, batch_size=batch_size)[0]
+        return train_accuracy, train_loss, test_accuracy
+
+    last_clean = None  # (epoch, clean_evaluation()) of the curves' latest point: the final one when nothing followed
+
     def record_evaluation():
+        nonlocal last_clean
         if result.evaluations["epoch"][-1:] == [result.epochs]:
             return  # already evaluated at this epoch
+        last_clean = result.epochs, clean_evaluation()
         result.evaluations["epoch"].append(result.epochs)
-        result.evaluations["train_accuracy"].append(evaluate(model, inputs, labels, batch_size=batch_size)[0])
-        result.evaluations["test_accuracy"].append(float("nan") if test_data is None else evaluate(
-            model, *test_data, batch_size=batch_size)[0])
+        result.evaluations["train_accuracy"].append(last_clean[1][0])
+        result.evaluations["test_accuracy"].append(last_clean[1][2])
 
     def memorizes() -> bool:  # a clean evaluation, in fp32, finds every pair right
         return evaluate(model, inputs, labels, batch_size=batch_size)[0] == 1.0
@@ -225,10 +233,10 @@ def train(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, *, epoch
     if checkpoint is not None:
         checkpoint.unlink(missing_ok=True)
 
-    # the memorization measured in fp32, as the frozen model computes it, whatever precision trained the prompt
-    result.final_accuracy, result.final_loss = evaluate(model, inputs, labels, batch_size=batch_size)
-    if test_data is not None:
-        result.test_accuracy = evaluate(model, *test_data, batch_size=batch_size)[0]
+    # the memorization measured in fp32, as the frozen model computes it, whatever precision trained the prompt (the
+    # curves' evaluation of the same parameters when it was made at the last epoch)
+    final = last_clean[1] if last_clean is not None and last_clean[0] == result.epochs else clean_evaluation()
+    result.final_accuracy, result.final_loss, result.test_accuracy = final
     close_run(result, eval_every)
     result.seconds = time.perf_counter() - start_time
     return result
