@@ -23,9 +23,9 @@ CHROMIUM   := /usr/bin/chromium
 
 .PHONY: reproduce figures test bench lab site clean $(NOTEBOOKS)
 
-# --no-compile: Python compiles what is imported on first import; precompiling every file of every package took
-# longer (torch alone: 26 s to install against 10 s, and its first import 1.3 s more).
-PIP = $(BIN)/python -m pip install -q --no-compile
+# pip precompiles every file it installs: skipping it (--no-compile) made the install 85 s shorter and make test 170 s
+# longer where PYTHONDONTWRITEBYTECODE is set (as on these 2-core machines): every process then compiles all it imports.
+PIP = $(BIN)/python -m pip install -q
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -c "import torch" 2>/dev/null || $(PIP) "$(TORCH_SPEC)"
