@@ -23,8 +23,8 @@ CHROMIUM   := /usr/bin/chromium
 
 .PHONY: reproduce figures test bench lab site clean $(NOTEBOOKS)
 
-# pip precompiles every file it installs: skipping it (--no-compile) made the install 85 s shorter and make test 170 s
-# longer where PYTHONDONTWRITEBYTECODE is set (as on these 2-core machines): every process then compiles all it imports.
+# No --no-compile: where PYTHONDONTWRITEBYTECODE is set (as on CI's machines) every process would then compile all it
+# imports (measured: install 85 s shorter, make test 170 s longer).
 PIP = $(BIN)/python -m pip install -q
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)

@@ -175,16 +175,15 @@ def train(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, *, epoch
         test_accuracy = float("nan") if test_data is None else evaluate(model, *test_data, batch_size=batch_size)[0]
         return train_accuracy, train_loss, test_accuracy
 
-    last_clean = None  # (epoch, clean_evaluation()) of the curves' latest point: the final one when nothing followed
+    clean_at = {}  # epoch -> the clean evaluation this call made there (the curves' points)
 
     def record_evaluation():
-        nonlocal last_clean
         if result.evaluations["epoch"][-1:] == [result.epochs]:
             return  # already evaluated at this epoch
-        last_clean = result.epochs, clean_evaluation()
+        train_accuracy, _, test_accuracy = clean_at[result.epochs] = clean_evaluation()
         result.evaluations["epoch"].append(result.epochs)
-        result.evaluations["train_accuracy"].append(last_clean[1][0])
-        result.evaluations["test_accuracy"].append(last_clean[1][2])
+        result.evaluations["train_accuracy"].append(train_accuracy)
+        result.evaluations["test_accuracy"].append(test_accuracy)
 
     def memorizes() -> bool:  # a clean evaluation, in fp32, finds every pair right
         return evaluate(model, inputs, labels, batch_size=batch_size)[0] == 1.0
@@ -235,8 +234,7 @@ def train(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, *, epoch
 
     # the memorization measured in fp32, as the frozen model computes it, whatever precision trained the prompt (the
     # curves' evaluation of the same parameters when it was made at the last epoch)
-    final = last_clean[1] if last_clean is not None and last_clean[0] == result.epochs else clean_evaluation()
-    result.final_accuracy, result.final_loss, result.test_accuracy = final
+    result.final_accuracy, result.final_loss, result.test_accuracy = clean_at.get(result.epochs) or clean_evaluation()
     close_run(result, eval_every)
     result.seconds = time.perf_counter() - start_time
     return result
