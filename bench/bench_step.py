@@ -13,7 +13,10 @@ identical work. Writes bench/results/<device>.json.
     precision `select_precision` picks: bf16 through the readout encoder where the machine has bf16).
 (b) a sweep of 6 prompt lengths x 3 dataset sizes on the 2-layer encoder through `run_sweep`: one config at a time
     against the batched sweep (runs of similar prompt length share passes), the same epochs, no early stop.
-(c) the peak: a large matmul in the machine's best precision (bf16 where it is native), timed in the same run; each
+(c) the causal decoder's step (notebook 02: a frozen random GPT-2, K continuous tokens generated before the
+    readout), both in fp32 as `select_precision` trains it: Hugging Face's forward with its key/value cache against
+    the readout decoder, at notebook 02's quick shape (width 128) and its medium one (width 512), K = 0 and 8.
+(d) the peak: a large matmul in the machine's best precision (bf16 where it is native), timed in the same run; each
     step's FLOPs counted as it does them (forward and the backward pass to the input, no weight gradients; the
     readout encoder's last layer at one position) and divided by its time.
 """
@@ -44,6 +47,13 @@ SHAPES = {"2-layer width 512": dict(num_layers=2, hidden_size=512, num_heads=8, 
           "RoBERTa-base": dict(num_layers=12, hidden_size=768, num_heads=12, ffn_size=3072)}
 STEP_CASES = {"cuda": [("2-layer width 512", 2000), ("2-layer width 512", 3600), ("RoBERTa-base", 2000)],
               "cpu": [("2-layer width 512", 400), ("2-layer width 512", 1600), ("RoBERTa-base", 100)]}
+# The causal decoder: (shape, n, p, K) at notebook 02's quick and medium shapes; on a GPU its medium shape at the
+# paper's n.
+DECODER_SHAPES = {"GPT-2 width 128": dict(num_layers=2, hidden_size=128, num_heads=4, ffn_size=512),
+                  "GPT-2 width 512": SHAPES["2-layer width 512"]}
+DECODER_CASES = {"cuda": [("GPT-2 width 512", 1600, 8, 0), ("GPT-2 width 512", 1600, 8, 8)],
+                 "cpu": [("GPT-2 width 128", 128, 4, 0), ("GPT-2 width 128", 128, 4, 8),
+                         ("GPT-2 width 512", 400, 8, 0), ("GPT-2 width 512", 400, 8, 8)]}
 SWEEP = dict(prompt_lengths=(1, 2, 4, 8, 16, 32), sizes=(1600, 2500, 3600), epochs=20)
 PROMPT_LEN, SEQ_LEN, VOCAB = 8, 8, 50265
 # On a CPU the sweep's sizes are divided by this, and it runs fewer epochs.
@@ -109,13 +119,14 @@ def peak_memory(device: torch.device, work) -> tuple[float, float | None]:
 REPEATS = 3  # each timing taken this often, interleaved with the other's; the fastest counts (the least disturbed)
 
 
-def library_step(backbone, inputs, labels, precision, device, epochs: int):
-    """A function timing the library's training step as a sweep runs it on `device` (alone on a CPU, batched on a
-    GPU): a run of `epochs` and one of twice as many, each in seconds per `epochs` (their difference is a step; setup
-    and final evaluation cancel), and the peak memory of the longer run."""
+def library_step(backbone, inputs, labels, precision, device, epochs: int, prompt_len: int = PROMPT_LEN,
+                 generation_steps: int = 0):
+    """A function timing the library's training step as a sweep runs it on `device` (alone on a CPU or for a causal
+    model, batched on a GPU): a run of `epochs` and one of twice as many, each in seconds per `epochs` (their
+    difference is a step; setup and final evaluation cancel), and the peak memory of the longer run."""
     def run(length):
-        model = SoftPromptModel(backbone, PROMPT_LEN, seed=0)
-        if device.type == "cpu":
+        model = SoftPromptModel(backbone, prompt_len, generation_steps=generation_steps, seed=0)
+        if device.type == "cpu" or backbone.is_causal:
             return peak_memory(device, lambda: train(model, inputs, labels, epochs=length, lr=1e-3, early_stop=False,
                                                      precision=precision, device=device, progress=False))
         return peak_memory(device, lambda: train_together(
@@ -189,7 +200,7 @@ def step_benchmarks(device, steps: int, peak: float, cases) -> list[dict]:
         timed = dict(zip([*(f"peft {p}" for p in peft), *library], fastest(*peft.values(), *library.values())))
         best_peft = min((name for name in timed if name.startswith("peft")), key=lambda name: timed[name][0])
         full, readout = step_flops(shape, n, PROMPT_LEN + SEQ_LEN), step_flops(shape, n, PROMPT_LEN + SEQ_LEN, True)
-        flops = {"before": full, "now": readout if now != "fp32" and backbone.has_readout_encoder else full}
+        flops = {"before": full, "now": readout if now != "fp32" and backbone.has_readout_forward else full}
         row = {"shape": shape_name, "n": n, "prompt_len": PROMPT_LEN, "seq_len": SEQ_LEN, "precision_now": now,
                **{f"{name.replace(' ', '_')}_ms": 1e3 * seconds for name, (seconds, _) in timed.items()},
                "peft_best": best_peft, "peft_best_ms": 1e3 * timed[best_peft][0],
@@ -205,6 +216,31 @@ def step_benchmarks(device, steps: int, peak: float, cases) -> list[dict]:
               f"{row['before_ms']:.1f} ms, now ({now}) {row['now_ms']:.1f} ms: {row['now_vs_before']:.2f}x before, "
               f"{row['now_vs_peft_best']:.2f}x PEFT's best, {row['now_tflops']:.2f} TFLOP/s = "
               f"{100 * row['now_fraction_of_peak']:.0f}% of the peak", flush=True)
+    return rows
+
+
+def decoder_benchmarks(device, steps: int, cases) -> list[dict]:
+    """The causal decoder's training step in fp32 through Hugging Face's forward and through the readout decoder."""
+    rows = []
+    for shape_name, n, prompt_len, generation_steps in cases:
+        generator = torch.Generator().manual_seed(0)
+        inputs = torch.randint(4, VOCAB, (n, SEQ_LEN), generator=generator).to(device)
+        labels = torch.randint(0, 2, (n,), generator=generator).to(device)
+        backbones = {name: random_backbone(architecture="gpt2", init_scale=0.1, seed=0, **DECODER_SHAPES[shape_name])
+                     .to(device) for name in ("hugging face", "readout decoder")}
+        backbones["hugging face"]._readout_forward = lambda embeds: None  # the step before the readout decoder
+        timed = dict(zip(backbones, fastest(*(
+            library_step(backbone, inputs, labels, "fp32", device, steps, prompt_len, generation_steps)
+            for backbone in backbones.values()))))
+        row = {"shape": shape_name, "n": n, "prompt_len": prompt_len, "seq_len": SEQ_LEN,
+               "generation_steps": generation_steps, "precision": "fp32",
+               "hugging_face_ms": 1e3 * timed["hugging face"][0],
+               "readout_decoder_ms": 1e3 * timed["readout decoder"][0],
+               "readout_decoder_vs_hugging_face": timed["hugging face"][0] / timed["readout decoder"][0]}
+        rows.append(row)
+        print(f"  {shape_name}, n={n}, p={prompt_len}, K={generation_steps} (fp32): Hugging Face "
+              f"{row['hugging_face_ms']:.1f} ms, readout decoder {row['readout_decoder_ms']:.1f} ms "
+              f"({row['readout_decoder_vs_hugging_face']:.2f}x)", flush=True)
     return rows
 
 
@@ -250,12 +286,14 @@ def main(argv=None) -> dict:
     peak = matmul_peak(device, peak_precision, 256 if smoke else 4096 if on_cpu else 8192, 2 if smoke else 10)
     print(f"  measured {peak_precision} matmul peak: {peak:.2f} TFLOP/s", flush=True)
     cases = [("2-layer width 512", 8)] if smoke else STEP_CASES[device.type]
+    decoder_cases = [("GPT-2 width 128", 8, 2, 2)] if smoke else DECODER_CASES[device.type]
     shrink = 400 if smoke else CPU_SHRINK if on_cpu else 1
     sweep = dict(SWEEP, prompt_lengths=SWEEP["prompt_lengths"][:2], sizes=SWEEP["sizes"][:2], epochs=2) if smoke \
         else dict(SWEEP, epochs=3) if on_cpu else SWEEP
     report = {"device": device_label(device), "torch": torch.__version__, "transformers": transformers.__version__,
               "peft": __import__("peft").__version__, "smoke": smoke, "peak_precision": peak_precision,
               "peak_matmul_tflops": peak, "steps": step_benchmarks(device, steps, peak, cases),
+              "decoder_steps": decoder_benchmarks(device, steps, decoder_cases),
               "sweep": {"n_shrunk_by": shrink, **sweep_benchmark(device, shrink, **sweep)}}
     folder = Path(arguments.out)
     folder.mkdir(parents=True, exist_ok=True)

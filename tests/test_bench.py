@@ -72,6 +72,9 @@ def test_the_benchmark_runs_and_writes_its_report(tmp_path):
     assert all(math.isfinite(step[key]) for key in ("peft_best_ms", "before_ms", "now_ms", "now_vs_peft_best"))
     assert step["precision_now"] in ("bf16", "fp32") and step["step_tflop_readout"] < step["step_tflop_full"]
     assert written["sweep"]["configs"] == 4 and written["sweep"]["one_at_a_time_s"] > 0
+    decoder = written["decoder_steps"][0]
+    assert decoder["generation_steps"] == 2 and decoder["precision"] == "fp32"
+    assert all(math.isfinite(decoder[key]) for key in ("hugging_face_ms", "readout_decoder_ms"))
 
 
 def test_the_device_check_reruns_the_committed_rows_in_each_precision_and_batched(tmp_path):

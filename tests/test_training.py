@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from promptmem import data
+from promptmem.backbones import random_backbone
 from promptmem.model import SoftPromptModel
 from promptmem.training import evaluate, select_precision, train
 from tests.conftest import TINY, interrupt_at_call
@@ -17,6 +18,13 @@ def test_precision_follows_compute_capability(capability, expected):
     with mock.patch("torch.cuda.get_device_capability", return_value=capability), \
             mock.patch("torch.cuda.is_bf16_supported", return_value=True):
         assert select_precision("cuda") == expected
+
+
+def test_a_prompt_on_a_causal_model_trains_in_fp32_on_every_device():
+    # continuous generation amplifies bf16's rounding (training.select_precision)
+    causal_model = SoftPromptModel(random_backbone(architecture="gpt2", seed=0, **TINY), 2, generation_steps=1)
+    with mock.patch("torch.cuda.get_device_capability", return_value=(9, 0)):
+        assert select_precision("cuda", causal_model) == select_precision("cpu", causal_model) == "fp32"
 
 
 def test_cpu_trains_in_fp32():
