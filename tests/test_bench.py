@@ -14,6 +14,7 @@ from promptmem.backbones import random_backbone
 from promptmem.model import SoftPromptModel
 from promptmem.readout import ReadoutEncoder
 from promptmem.rows import device_file_stem
+from tests.conftest import requires_local_data
 
 
 def load_script(name):
@@ -26,6 +27,7 @@ def load_script(name):
 bench = load_script("bench_step")
 paper_cost = load_script("paper_cost")
 device_check = load_script("device_check")
+generation_rounding = load_script("generation_rounding")
 
 
 def test_a_report_file_is_named_after_its_device():
@@ -75,6 +77,16 @@ def test_the_benchmark_runs_and_writes_its_report(tmp_path):
     decoder = written["decoder_steps"][0]
     assert decoder["generation_steps"] == 2 and decoder["precision"] == "fp32"
     assert all(math.isfinite(decoder[key]) for key in ("hugging_face_ms", "readout_decoder_ms"))
+
+
+@requires_local_data
+def test_the_generation_rounding_check_compares_bf16_with_fp32_at_each_k(tmp_path):
+    report = generation_rounding.main(["--smoke", "--out", str(tmp_path)])
+    written = json.loads(next(tmp_path.glob("generation-rounding-*.json")).read_text())
+    assert written == json.loads(json.dumps(report)) and written["smoke"]
+    assert [row["generation_steps"] for row in written["rows"]] == list(generation_rounding.GENERATION_STEPS)
+    # bf16 rounds: its logits differ from fp32's, and by less than their own size at this width
+    assert all(0 < row["logits_relative_error"] < 1 and 0 <= row["labels_agreeing"] <= 1 for row in written["rows"])
 
 
 def test_the_device_check_reruns_the_committed_rows_in_each_precision_and_batched(tmp_path):
