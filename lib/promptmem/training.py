@@ -32,8 +32,9 @@ def select_precision(device: torch.device | str, model: nn.Module | None = None)
     Face's forward under CPU bf16 autocast measured slower than fp32 at width 128).
 
     A soft prompt on a causal model trains in fp32 on every device: continuous generation feeds each final hidden
-    state back as an input and so amplifies rounding (measured at width 512, σ = 0.1: bf16 logits 1% off fp32's at
-    K = 0, 3% at K = 2, 22% at K = 8), and notebook 02 compares the cost of K at one precision."""
+    state back as an input and so amplifies rounding (bench/generation_rounding.py, at width 512, σ = 0.1: bf16
+    logits 1% off fp32's at K = 0, 3% at K = 2, 22% at K = 8), and notebook 02 compares the cost of K at one
+    precision."""
     if isinstance(model, SoftPromptModel) and model.backbone.is_causal:
         return "fp32"
     device = torch.device(device)
