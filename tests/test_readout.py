@@ -94,6 +94,19 @@ def test_the_readout_decoder_computes_gpt2s_generation_and_gradient(steps):
     assert relative(bf16[0], reference[0]) < 0.05 and relative(bf16[1], reference[1]) < 0.25
 
 
+@pytest.mark.parametrize("count", [1, 3])
+def test_the_readout_decoder_computes_gpt2s_last_final_states_for_teacher_forcing(count):
+    torch.manual_seed(0)
+    decoder = random_backbone(architecture="gpt2", seed=0, num_layers=2, hidden_size=64, num_heads=4, ffn_size=256,
+                              vocab_size=100, init_scale=0.1)
+    embeds, direction = torch.randn(5, 12, 64) * 0.1, torch.randn(64)
+    reference = hidden_and_gradient(
+        lambda x: decoder.hf_model.base_model(inputs_embeds=x).last_hidden_state[:, -count:], embeds, direction)
+    fast = hidden_and_gradient(lambda x: decoder.final_states(x, count), embeds, direction)
+    assert fast[0].shape == (5, count, 64) and list(decoder._readout_forwards) == [(torch.float32, embeds.device)]
+    assert relative(fast[0], reference[0]) < 1e-5 and relative(fast[1], reference[1]) < 1e-4
+
+
 def test_a_frozen_gpt2_generates_through_it_in_fp32_or_the_autocast_dtype():
     decoder = random_backbone(architecture="gpt2", seed=0, **TINY)
     embeds = torch.randn(3, 10, decoder.config.hidden_size) * 0.1

@@ -168,6 +168,15 @@ class Backbone(nn.Module):
             hidden, cache = self.extend(hidden[:, -1:], cache)
         return hidden[:, -1]
 
+    def final_states(self, inputs_embeds: torch.Tensor, count: int) -> torch.Tensor:
+        """Causal models: the final hidden states (B, count, d) at the last `count` positions, in one pass (teacher
+        forcing); a frozen GPT-2 computes them with `readout.ReadoutDecoder`, the last layer at those positions
+        alone."""
+        fast = self._readout_forward(inputs_embeds)
+        if fast is not None:
+            return fast.last_states(inputs_embeds, count)
+        return self.hf_model.base_model(inputs_embeds=inputs_embeds, use_cache=False).last_hidden_state[:, -count:]
+
     def classify(self, features: torch.Tensor) -> torch.Tensor:
         """Hidden states at the readout position (B, d) -> logits (B, num_labels), through the frozen head."""
         if hasattr(self.hf_model, "score"):  # GPT-2-style: a linear score on any position

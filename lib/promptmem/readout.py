@@ -179,32 +179,39 @@ class ReadoutDecoder:
 
     def __call__(self, embeds: torch.Tensor, steps: int) -> torch.Tensor:
         with torch.autocast(embeds.device.type, enabled=False):
-            hidden, caches = self._pass(embeds, [None] * len(self.layers))
+            hidden, caches = self._pass(embeds, [None] * len(self.layers), 1)
             for _ in range(steps):
-                hidden, caches = self._pass(hidden[:, None], caches)
-            return hidden
+                hidden, caches = self._pass(hidden, caches, 1)
+            return hidden[:, 0]
 
-    def _pass(self, embeds: torch.Tensor, caches: list) -> tuple[torch.Tensor, list]:
-        """One pass over new embeddings (B, T, d) after the positions the caches hold: the final hidden state at the
-        last new position (B, d), and each layer's keys and values extended by the new positions."""
+    def last_states(self, embeds: torch.Tensor, count: int) -> torch.Tensor:
+        """The final hidden states (B, count, d) at the last `count` positions of `embeds` (B, L, d), in one pass:
+        what teacher forcing reads (notebook 07)."""
+        with torch.autocast(embeds.device.type, enabled=False):
+            return self._pass(embeds, [None] * len(self.layers), count)[0]
+
+    def _pass(self, embeds: torch.Tensor, caches: list, outputs: int) -> tuple[torch.Tensor, list]:
+        """One pass over new embeddings (B, T, d) after the positions the caches hold: the final hidden states at the
+        last `outputs` new positions (B, outputs, d), and each layer's keys and values extended by the new ones."""
         start = 0 if caches[0] is None else caches[0][0].shape[2]
         hidden = embeds.float() + self.position_table[start:start + embeds.shape[1]]
         extended = []
         for index, (layer, cache) in enumerate(zip(self.layers, caches)):
-            hidden, keys_values = self._block(layer, hidden, cache, last_only=index == len(self.layers) - 1)
+            last_layer = index == len(self.layers) - 1
+            hidden, keys_values = self._block(layer, hidden, cache, outputs if last_layer else hidden.shape[1])
             extended.append(keys_values)
-        return F.layer_norm(hidden[:, -1], hidden.shape[-1:], *self.final_norm), extended
+        return F.layer_norm(hidden, hidden.shape[-1:], *self.final_norm), extended
 
-    def _block(self, layer: _DecoderLayer, hidden: torch.Tensor, cache, last_only: bool):
+    def _block(self, layer: _DecoderLayer, hidden: torch.Tensor, cache, outputs: int):
         """One pre-LayerNorm block over the new positions of `hidden` (B, T, d), each attending to the cached ones and
-        to the new ones up to itself; its outputs at every new position, or at the last alone (`last_only`), and the
-        keys and values (B, heads, positions, d / heads) extended."""
+        to the new ones up to itself; its outputs at the last `outputs` new positions (all T, or fewer in the last
+        layer), and the keys and values (B, heads, positions, d / heads) extended."""
         length, width = hidden.shape[1:]
         normed = F.layer_norm(hidden, (width,), *layer.attention_norm)
         weight, bias = layer.qkv
-        if last_only:
-            hidden = hidden[:, -1:]
-            q = _linear(normed[:, -1:], (weight[:width], bias[:width]))
+        if outputs < length:
+            hidden = hidden[:, -outputs:]
+            q = _linear(normed[:, -outputs:], (weight[:width], bias[:width]))
             k, v = _linear(normed, (weight[width:], bias[width:])).split(width, dim=-1)
         else:
             q, k, v = _linear(normed, layer.qkv).split(width, dim=-1)
@@ -212,9 +219,9 @@ class ReadoutDecoder:
         if cache is not None:
             k, v = torch.cat([cache[0], k], dim=2), torch.cat([cache[1], v], dim=2)
         causal_bias = None
-        if q.shape[1] > 1:  # query i of the new positions sees keys up to its own position, start + i
-            start = k.shape[2] - length
-            later = torch.ones(length, k.shape[2], dtype=torch.bool, device=q.device).triu(start + 1)
+        if outputs > 1:  # query i of the last `outputs` positions sees the keys up to its own position
+            first = k.shape[2] - outputs
+            later = torch.ones(outputs, k.shape[2], dtype=torch.bool, device=q.device).triu(first + 1)
             causal_bias = torch.zeros(later.shape, device=q.device).masked_fill(later, torch.finfo(torch.float32).min)
         context = _attend(_heads(q, self.heads), k, v, causal_bias)
         attended = hidden + _linear(context, layer.attention_out).float()

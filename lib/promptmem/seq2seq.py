@@ -9,7 +9,9 @@ output alphabet of V tokens. Data (`dataset`): 'random_tokens', N uniform ordina
 uniformly from the alphabet out (the alphabet: the first V ordinary tokens); 'imdb', a review's first N tokens in and
 its next M tokens out, the alphabet the whole vocabulary. The prompt is trained with teacher forcing (cross-entropy
 at the M target positions given the true earlier targets). A pair counts as memorized only when greedy decoding
-(each arg-max fed back as the next input, through the key/value cache) generates all M targets exactly.
+(each arg-max fed back as the next input, through the key/value cache) generates all M targets exactly. Training
+reads the final states through `Backbone.final_states` (the readout decoder: the last layer at the M target positions
+alone); greedy decoding, which judges memorization, runs through Hugging Face's forward (`Backbone.extend`).
 """
 
 from __future__ import annotations
@@ -119,8 +121,7 @@ def teacher_forced_logits(model: SoftPromptModel, alphabet: torch.Tensor, inputs
                           targets: torch.Tensor) -> torch.Tensor:
     """(n, M, V): the logits of each target token given the input and the true earlier targets, in one pass."""
     embeds = model.embed(torch.cat([inputs, alphabet[targets[:, :-1]]], dim=1))
-    hidden = model.backbone.encode(embeds)
-    return output_logits(model, alphabet, hidden[:, -targets.shape[1]:])
+    return output_logits(model, alphabet, model.backbone.final_states(embeds, targets.shape[1]))
 
 
 @torch.no_grad()
