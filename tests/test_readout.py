@@ -79,12 +79,18 @@ def hugging_face_generation(decoder, embeds, steps):
     return hidden[:, -1]
 
 
-@pytest.mark.parametrize("steps", [0, 3])
-def test_the_readout_decoder_computes_gpt2s_generation_and_gradient(steps):
+@pytest.fixture
+def decoder_inputs():
+    """A frozen random GPT-2, embeddings (5, 12, 64) and a direction to take gradients along."""
     torch.manual_seed(0)
     decoder = random_backbone(architecture="gpt2", seed=0, num_layers=2, hidden_size=64, num_heads=4, ffn_size=256,
                               vocab_size=100, init_scale=0.1)
-    embeds, direction = torch.randn(5, 12, 64) * 0.1, torch.randn(64)
+    return decoder, torch.randn(5, 12, 64) * 0.1, torch.randn(64)
+
+
+@pytest.mark.parametrize("steps", [0, 3])
+def test_the_readout_decoder_computes_gpt2s_generation_and_gradient(decoder_inputs, steps):
+    decoder, embeds, direction = decoder_inputs
     reference = hidden_and_gradient(lambda x: hugging_face_generation(decoder, x, steps), embeds, direction)
     fp32 = hidden_and_gradient(lambda x: ReadoutDecoder(decoder)(x, steps), embeds, direction)
     bf16 = hidden_and_gradient(lambda x: ReadoutDecoder(decoder, torch.bfloat16)(x, steps), embeds, direction)
@@ -95,11 +101,8 @@ def test_the_readout_decoder_computes_gpt2s_generation_and_gradient(steps):
 
 
 @pytest.mark.parametrize("count", [1, 3])
-def test_the_readout_decoder_computes_gpt2s_last_final_states_for_teacher_forcing(count):
-    torch.manual_seed(0)
-    decoder = random_backbone(architecture="gpt2", seed=0, num_layers=2, hidden_size=64, num_heads=4, ffn_size=256,
-                              vocab_size=100, init_scale=0.1)
-    embeds, direction = torch.randn(5, 12, 64) * 0.1, torch.randn(64)
+def test_the_readout_decoder_computes_gpt2s_last_final_states_for_teacher_forcing(decoder_inputs, count):
+    decoder, embeds, direction = decoder_inputs
     reference = hidden_and_gradient(
         lambda x: decoder.hf_model.base_model(inputs_embeds=x).last_hidden_state[:, -count:], embeds, direction)
     fast = hidden_and_gradient(lambda x: decoder.final_states(x, count), embeds, direction)
