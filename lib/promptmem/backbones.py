@@ -162,7 +162,7 @@ class Backbone(nn.Module):
         if fast is not None:
             return fast(inputs_embeds, steps)
         if steps == 0:
-            return self.hf_model.base_model(inputs_embeds=inputs_embeds, use_cache=False).last_hidden_state[:, -1]
+            return self.final_states(inputs_embeds, 1)[:, 0]
         hidden, cache = self.extend(inputs_embeds)
         for _ in range(steps):
             hidden, cache = self.extend(hidden[:, -1:], cache)

@@ -148,7 +148,8 @@ def exact_matches(model: SoftPromptModel, alphabet: torch.Tensor, inputs: torch.
 
 def training_precision(device: torch.device) -> str:
     """bf16 autocast on a GPU that computes it natively (compute capability 8.0 on); fp32 elsewhere: on a CPU Hugging
-    Face's forward under bf16 autocast measured slower than fp32 at width 128 (training.select_precision)."""
+    Face's forward under bf16 autocast measured slower than fp32 at width 128 (training.select_precision), and the
+    readout decoder in bf16 has not been measured on this task."""
     if device.type == "cuda" and torch.cuda.get_device_capability(device)[0] >= 8:
         return "bf16"
     return "fp32"
