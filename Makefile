@@ -56,19 +56,22 @@ figures: $(STAMP)
 # One pytest worker per core (pytest-xdist), each of one thread: at the quick profile's sizes (16 positions, width
 # 128) a second process does more than a second thread (README, Run times). A notebook's cells stay together on one
 # worker (--dist loadscope); the notebooks, the longest tests, go first, so the short ones fill in at the end.
-# Then the determinism, batching and figure tests (marker `kernels`) run again under the kernel set of a machine
-# without AVX-512 (promptmem.reproducibility.OTHER_KERNELS; a test checks that each library obeys it): every run
-# meets the rounding of a machine unlike this one. The figure check (marker `replot`: every notebook re-plotted)
-# runs in that second pass only.
+# Then the determinism, batching and figure tests (marker `kernels`) run again under the kernel set of a machine unlike
+# this one (promptmem.reproducibility.other_kernels: AMD's oneDNN and OpenBLAS paths on an AMX host, an AVX2 machine
+# on others; every library's kernels differ from this host's, which a test checks from what each library reports):
+# every run meets another processor's rounding. The figure check (marker `replot`: every notebook re-plotted) runs in
+# that second pass only. -rs prints why a test skipped (a library that names no instruction set on this processor).
 TEST_WORKERS ?= $(shell nproc 2>/dev/null || echo 1)
 PYTEST = OMP_NUM_THREADS=1 PROMPTMEM_PROFILE=quick MPLBACKEND=Agg $(BIN)/python -m pytest -p no:cacheprovider \
-	-n $(TEST_WORKERS) --dist loadscope --no-loadscope-reorder
-OTHER_KERNELS = $$($(BIN)/python -c "from promptmem.reproducibility import OTHER_KERNELS as k; \
-	print(' '.join(f'{name}={value}' for name, value in k.items()))")
+	-n $(TEST_WORKERS) --dist loadscope --no-loadscope-reorder -rs
+OTHER_KERNELS = $(BIN)/python -c "from promptmem.reproducibility import other_kernels; \
+	print(' '.join(f'{name}={value}' for name, value in other_kernels().items()))"
 test: $(STAMP) $(CHROMIUM)
+	$(BIN)/python -c "import torch, promptmem; print('make test on', promptmem.device_name(torch.device('cpu')))"
 	rm -rf $(NBTEST) && mkdir -p $(NBTEST) && cp -r notebooks $(NBTEST)/
 	$(PYTEST) $(NBTEST)/notebooks tests --nbval-lax --nbval-current-env --durations=5 -m "not replot"
-	env $(OTHER_KERNELS) $(PYTEST) tests -m kernels
+	kernels="$$($(OTHER_KERNELS))" && echo "second pass, under $$kernels" && \
+		env $$kernels PROMPTMEM_KERNEL_SET="$$kernels" $(PYTEST) tests -m kernels
 
 # Static HTML from the README and the committed, executed notebooks (Sphinx with MyST-NB): nothing runs, nothing is
 # downloaded. tests/test_site.py builds it too, and opens every page in Chromium.

@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import platform
 import tempfile
 import time
 from pathlib import Path
@@ -39,7 +38,7 @@ from promptmem.batched import Run, train_together
 from promptmem.model import SoftPromptModel
 from promptmem.chunking import default_tokens_per_pass, plan_chunks
 from promptmem.configs import RunConfig, grid
-from promptmem.rows import device_file_stem
+from promptmem.rows import device_file_stem, device_name
 from promptmem.sweeps import run_sweep
 from promptmem.training import autocast, cpu_has_native_bf16, select_precision, train
 
@@ -267,12 +266,6 @@ def sweep_benchmark(device, shrink: int, epochs: int, prompt_lengths, sizes) -> 
     return result
 
 
-def device_label(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"cpu {platform.machine()} {torch.get_num_threads()} threads"
-
-
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default=str(Path(__file__).parent / "results"), help="folder for <device>.json")
@@ -282,7 +275,7 @@ def main(argv=None) -> dict:
     smoke, on_cpu = arguments.smoke, device.type == "cpu"
     steps = 1 if smoke else 3 if on_cpu else 20
     peak_precision = best_precision(device)
-    print(device_label(device), flush=True)
+    print(device_name(device), flush=True)
     peak = matmul_peak(device, peak_precision, 256 if smoke else 4096 if on_cpu else 8192, 2 if smoke else 10)
     print(f"  measured {peak_precision} matmul peak: {peak:.2f} TFLOP/s", flush=True)
     cases = [("2-layer width 512", 8)] if smoke else STEP_CASES[device.type]
@@ -290,7 +283,7 @@ def main(argv=None) -> dict:
     shrink = 400 if smoke else CPU_SHRINK if on_cpu else 1
     sweep = dict(SWEEP, prompt_lengths=SWEEP["prompt_lengths"][:2], sizes=SWEEP["sizes"][:2], epochs=2) if smoke \
         else dict(SWEEP, epochs=3) if on_cpu else SWEEP
-    report = {"device": device_label(device), "torch": torch.__version__, "transformers": transformers.__version__,
+    report = {"device": device_name(device), "torch": torch.__version__, "transformers": transformers.__version__,
               "peft": __import__("peft").__version__, "smoke": smoke, "peak_precision": peak_precision,
               "peak_matmul_tflops": peak, "steps": step_benchmarks(device, steps, peak, cases),
               "decoder_steps": decoder_benchmarks(device, steps, decoder_cases),

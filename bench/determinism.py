@@ -1,8 +1,8 @@
 """How closely a rerun reproduces finished results rows, measured three ways on one machine in one run:
 
     across machines     the stored rows (made where they were made) against the same configs rerun here, alone
-    across kernel sets  rerun here alone, with this machine's kernels against the AVX2 kernel set
-                        (reproducibility.OTHER_KERNELS: what a machine without AVX-512 or AMX would run)
+    across kernel sets  rerun here alone, with this machine's kernels against another machine's
+                        (reproducibility.other_kernels: AMD's oneDNN and OpenBLAS paths on an AMX host, AVX2 elsewhere)
     across batch shapes rerun here alone against the same configs trained together in batched passes
 
 for three sets of rows: the short fp32 runs of tests/reference_rows.csv (the tests' tiny encoder and decoder, 30 epochs
@@ -24,7 +24,6 @@ import argparse
 import dataclasses
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -88,6 +87,7 @@ def worker(which: str, out: Path, batched: bool, environment: dict) -> str:
 
 def measure(which: str) -> dict:
     """The three comparisons for one set of stored rows."""
+    other_kernels = reproducibility.other_kernels()
     with tempfile.TemporaryDirectory() as folder:
         stored = Path(folder) / "stored"
         stored.mkdir()
@@ -95,7 +95,7 @@ def measure(which: str) -> dict:
             (stored / name).write_bytes(path.read_bytes())
         alone, kernels, together = (Path(folder) / name for name in ("alone", "other-kernels", "batched"))
         capabilities = {"here": worker(which, alone, False, {}),
-                        "other kernels": worker(which, kernels, False, reproducibility.OTHER_KERNELS)}
+                        "other kernels": worker(which, kernels, False, other_kernels)}
         worker(which, together, True, {})
         comparisons = {"stored rows against a rerun here (across machines where they were made elsewhere)":
                        (stored, alone),
@@ -124,9 +124,8 @@ def main() -> None:
 
     out = ROOT / "bench" / "results" / "determinism-cpu.json"
     record = json.loads(out.read_text()) if out.exists() else {}
-    record |= {"device": device_name(torch.device("cpu")), "processor": platform.processor() or platform.machine(),
-               "other_kernels": reproducibility.OTHER_KERNELS, "torch": torch.__version__,
-               "transformers": transformers.__version__}
+    record |= {"device": device_name(torch.device("cpu")), "other_kernels": reproducibility.other_kernels(),
+               "torch": torch.__version__, "transformers": transformers.__version__}
     for which in ("reference", "reference-bf16", "notebooks") if arguments.set == "all" else (arguments.set,):
         record[which] = measure(which)
         out.write_text(json.dumps(record, indent=2) + "\n")

@@ -19,11 +19,14 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 from pathlib import Path
 
 import pandas as pd
+import torch
 
+from .processor import Processor, this_processor
 from .rows import ATTENTION_COLUMNS
 from .store import ResultsStore
 
@@ -37,13 +40,50 @@ FLOAT_COLUMNS = ("final_loss", "initial_prompt_singular_values", "prompt_singula
 # ones still passes. It holds for runs short enough that rounding differences stay small (the tests': 30 epochs at
 # most); the notebooks' 100-epoch runs drift further apart (same file, "notebooks", and the README).
 RELATIVE_TOLERANCE = 1e-4
-# A re-plot computes in float64 from stored numbers only (fits, means, ratios): under OTHER_KERNELS numpy's OpenBLAS
+# A re-plot computes in float64 from stored numbers only (fits, means, ratios): under other_kernels() numpy's OpenBLAS
 # moved a fitted exponent by 2.2e-16; a figure's table may differ from the committed one by this much, no more.
 REPLOT_TOLERANCE = dict(rtol=1e-9, atol=1e-12)
-# The kernel set of a machine without AVX-512 and AMX, forced on this one: torch's oneDNN, MKL and ATen kernels and
-# numpy's OpenBLAS all compute in other summation orders, so a test run under it meets another machine's rounding.
-OTHER_KERNELS = {"ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2", "ATEN_CPU_CAPABILITY": "avx2",
-                 "OPENBLAS_CORETYPE": "Haswell"}
+# The environment variables that choose each library's kernels: torch's oneDNN, MKL and ATen dispatch, numpy's
+# OpenBLAS. make test's second pass sets all four (other_kernels) and names them in KERNEL_SET_VARIABLE.
+KERNEL_VARIABLES = ("ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS", "ATEN_CPU_CAPABILITY", "OPENBLAS_CORETYPE")
+KERNEL_SET_VARIABLE = "PROMPTMEM_KERNEL_SET"
+# OpenBLAS cores whose sgemm kernels are Haswell's (the Zen cores reuse them): the other set needs an older one there
+HASWELL_CORES = ("haswell", "zen")
+
+
+def own_isa(variable: str, processor: Processor | None = None) -> str:
+    """What a library runs here, as 'amx', 'avx512', 'avx2' or 'older': the cap the environment sets for it (hosts
+    may preset one), else the processor's widest instruction set."""
+    cap = os.environ.get(variable, "").upper()
+    if cap in ("", "ALL", "DEFAULT"):
+        return (processor or this_processor()).vector_isa
+    if "AMX" in cap:
+        return "amx"
+    return "avx512" if cap.startswith(("AVX512", "AVX10")) else "avx2" if cap == "AVX2" else "older"
+
+
+def openblas_core() -> str:
+    """The core numpy's OpenBLAS runs (its OPENBLAS_CORETYPE, preset or detected), as OpenBLAS names it."""
+    import numpy  # noqa: F401 (threadpoolctl sees the libraries loaded)
+    from threadpoolctl import threadpool_info
+
+    return next(info["architecture"] for info in threadpool_info() if info["internal_api"] == "openblas")
+
+
+def other_kernels(processor: Processor | None = None) -> dict[str, str]:
+    """A kernel set that differs from this host's own on every library, so that a test run under it meets another
+    machine's rounding (make test's second pass). On a host with AMX it is an AMD EPYC host's of CI's kind as far as
+    the libraries allow (oneDNN on AVX512-BF16 without AMX, OpenBLAS on Haswell's kernels, which those hosts preset);
+    on others, a machine without AVX-512 (AVX2), or without AVX2 where this one already lacks AVX-512. ATen's dispatch
+    and MKL go one level down everywhere: no library then runs the same kernels in both passes."""
+    processor = processor or this_processor()
+    onednn, mkl = own_isa("ONEDNN_MAX_CPU_ISA", processor), own_isa("MKL_ENABLE_INSTRUCTIONS", processor)
+    aten = torch.backends.cpu.get_cpu_capability()  # ATen's own report already follows the environment's cap
+    core = os.environ.get("OPENBLAS_CORETYPE") or openblas_core()
+    return {"ONEDNN_MAX_CPU_ISA": {"amx": "AVX512_CORE_BF16", "avx512": "AVX2"}.get(onednn, "SSE41"),
+            "MKL_ENABLE_INSTRUCTIONS": "AVX2" if mkl in ("amx", "avx512") else "SSE4_2",
+            "ATEN_CPU_CAPABILITY": "avx2" if aten == "AVX512" else "default",
+            "OPENBLAS_CORETYPE": "Sandybridge" if core.lower() in HASWELL_CORES else "Haswell"}
 
 
 def relative_difference(reference: float, other: float) -> float:

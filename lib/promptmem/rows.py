@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import platform
 import re
 
 import torch
@@ -15,6 +14,7 @@ from . import spectra
 from .attention import prompt_attention_statistics
 from .building import data_for
 from .configs import RunConfig
+from .processor import this_processor
 from .training import TrainResult
 
 # The version of a results row's columns, stored in each row; raised whenever a row gains or changes a column. Rows
@@ -31,14 +31,16 @@ RESULT_TEXT_COLUMNS = ("config_id", "status", "precision_used", "forward_used", 
 
 
 def device_name(device: torch.device) -> str:
+    """The GPU's name, or the processor's with its bf16 path and threads: "cpu (Intel Xeon Processor, bf16 AMX,
+    2 threads)"."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+    return f"cpu ({this_processor().describe(torch.get_num_threads())})"
 
 
 def device_file_stem(device: str) -> str:
     """A device's name as a file name stem, for the benchmarks' reports: "NVIDIA H100 80GB HBM3" ->
-    "nvidia-h100-80gb-hbm3"."""
+    "nvidia-h100-80gb-hbm3"; reports of two processors get two files."""
     return re.sub(r"[^a-z0-9]+", "-", device.lower()).strip("-")
 
 
