@@ -23,11 +23,16 @@ RESULTS_SCHEMA = 3  # 2: held-out accuracy, accuracy curves, attention statistic
 # Per-layer attention statistics of a trained prompt (see attention.prompt_attention_statistics), as JSON lists
 ATTENTION_COLUMNS = {"entropy": "attention_entropy", "prompt_mass": "prompt_attention_mass",
                      "prompt_spread": "prompt_attention_spread", "bound": "prompt_qk_bound"}
+# Columns holding JSON ('' where a row has none): the prompt's spectra, the accuracy curves, attention statistics
+JSON_COLUMNS = ("initial_prompt_singular_values", "prompt_singular_values", "prompt_update_singular_values",
+                "evaluations", *ATTENTION_COLUMNS.values())
 # Text columns of a results row beside the config's own: read back as text, as pandas would turn an all-digit
 # config_id into an int (and the config's labels "true" into a bool).
 RESULT_TEXT_COLUMNS = ("config_id", "status", "precision_used", "forward_used", "device", "torch_version",
-                       "transformers_version", "initial_prompt_singular_values", "prompt_singular_values",
-                       "prompt_update_singular_values", "evaluations", *ATTENTION_COLUMNS.values())
+                       "transformers_version", *JSON_COLUMNS)
+# Numbers of every row, whatever trained it (a prompt run, seq2seq, a single-layer fit), beside the config's own
+RESULT_NUMBER_COLUMNS = ("results_schema", "final_accuracy", "final_loss", "epochs_run", "trainable_params", "seconds",
+                         "test_accuracy")
 
 
 def device_name(device: torch.device) -> str:
@@ -95,3 +100,9 @@ def column_types() -> dict:
         elif field.type == "int | None":
             types[field.name] = "Int64"
     return types
+
+
+def number_columns() -> tuple[str, ...]:
+    """The columns whose every non-empty field is a number: the rows' metrics and RunConfig's numeric fields."""
+    numeric = ("int", "float", "int | None", "float | None")
+    return RESULT_NUMBER_COLUMNS + tuple(field.name for field in dataclasses.fields(RunConfig) if field.type in numeric)

@@ -6,16 +6,21 @@ filesystem) never drop each other's rows; measurements that are not training run
 
 from __future__ import annotations
 
+import argparse
 import concurrent.futures
+import csv
 import hashlib
+import io
+import json
 import multiprocessing
 import os
+import shutil
 from pathlib import Path
 
 import pandas as pd
 from filelock import FileLock
 
-from .rows import RESULTS_SCHEMA, column_types
+from .rows import JSON_COLUMNS, RESULTS_SCHEMA, column_types, number_columns
 
 # Set (to anything but 0) by `make figures`: notebooks re-plot from results/ and nothing may train or measure anew.
 REPLOT_ENV = "PROMPTMEM_REPLOT"
@@ -34,16 +39,33 @@ def write_atomically(path: str | os.PathLike, write) -> None:
     os.replace(temporary, path)
 
 
+class DamagedResultsError(ValueError):
+    """A results file that cannot be read whole: undecodable bytes, a row cut short, a field of the wrong type."""
+
+
 class ResultsStore:
-    """A CSV of results rows, one per finished config, keyed by `config_id`."""
+    """A CSV of results rows, one per finished config, keyed by `config_id`. A file that does not read whole is
+    refused (DamagedResultsError) and never written over: `salvage` keeps its whole rows, on request only."""
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
 
     def load(self) -> pd.DataFrame:
+        """The rows; an empty DataFrame for a missing file, an empty one (0 bytes) or one of a header alone."""
         if not self.path.exists():
             return pd.DataFrame()
-        frame = pd.read_csv(self.path, dtype=column_types())
+        try:
+            text = self.path.read_bytes().decode("utf-8")
+        except UnicodeDecodeError as error:
+            raise self._damaged(f"byte {error.start} is not UTF-8 text ({error.reason})", kept=None) from None
+        if not text:
+            return pd.DataFrame()
+        header, records, problems = _check_records(text)
+        if problems:
+            line, problem = problems[0]
+            more = f" ({len(problems) - 1} more damaged rows)" if len(problems) > 1 else ""
+            raise self._damaged(f"line {line}: {problem}{more}", kept=len(records) - len(problems))
+        frame = pd.read_csv(io.StringIO(text), dtype=column_types())
         if len(frame) and "config_id" not in frame.columns:
             raise ValueError(f"{self.path} is not a promptmem results file (no config_id column)")
         newest = frame["results_schema"].max() if "results_schema" in frame.columns and len(frame) else None
@@ -51,6 +73,34 @@ class ResultsStore:
             raise ValueError(f"{self.path} holds rows of results schema {newest}, written by a newer promptmem than "
                              f"this one (schema {RESULTS_SCHEMA}): upgrade promptmem, or move the file away")
         return frame
+
+    def _damaged(self, problem: str, kept: int | None) -> DamagedResultsError:
+        recover = (f"keep the {kept} rows that read whole and drop the rest (the file as it is now is kept as "
+                   f"{self.path.name}.damaged): python -m promptmem.store salvage {self.path}; or restore the file "
+                   f"(git checkout -- {self.path}), or move it away" if kept is not None else
+                   f"restore the file (git checkout -- {self.path}) or move it away")
+        return DamagedResultsError(f"{self.path} is damaged, {problem}. Nothing was trained and the file was not "
+                                   f"changed. To go on: {recover}")
+
+    def salvage(self) -> int:
+        """Keep the rows of a damaged file that read whole, drop the others, and keep the damaged file beside it as
+        `<name>.damaged`; return the number of rows kept. Only ever on request (the CLI's `salvage`)."""
+        text = self.path.read_bytes().decode("utf-8", errors="replace")  # undecodable bytes damage their row only
+        header, records, problems = _check_records(text)
+        if header is None or "\ufffd" in ",".join(header):
+            raise DamagedResultsError(f"{self.path}: its header cannot be read, so no row can be kept")
+        damaged = {line for line, _ in problems}
+        whole = [fields for line, fields in records if line not in damaged and "\ufffd" not in ",".join(fields)]
+        shutil.copyfile(self.path, self.path.with_name(f"{self.path.name}.damaged"))
+
+        def write(handle):
+            writer = csv.writer(handle, lineterminator="\n")
+            writer.writerow(header)
+            writer.writerows(whole)
+
+        with FileLock(self.path.with_name(f".{self.path.name}.lock")):
+            write_atomically(self.path, write)
+        return len(whole)
 
     def finished_ids(self) -> set[str]:
         """The configs whose rows this version wrote (schema RESULTS_SCHEMA): older rows do not count as finished."""
@@ -124,6 +174,52 @@ class ResultsStore:
             write_atomically(self.path, lambda handle: frame.to_csv(handle, index=False))
 
 
+def _check_records(text: str) -> tuple[list[str] | None, list[tuple[int, list[str]]], list[tuple[int, str]]]:
+    """A results file's header, its records (line number, fields) and its damaged records (line number, what is
+    wrong): a record cut short or running on, a number or JSON column that does not parse, a last line without the
+    line break every write ends with (a truncated file), a quoted field that never closes."""
+    lines = io.StringIO(text)
+    reader = csv.reader(lines, strict=True)
+    records, problems = [], []
+    try:
+        header = next(reader, None)
+        for fields in reader:
+            records.append((reader.line_num, fields))
+    except csv.Error as error:
+        records.append((reader.line_num, []))
+        problems.append((reader.line_num, f"a field does not parse as CSV ({error})"))
+    if header is None:
+        return None, records, problems
+    numbers = [(index, name) for index, name in enumerate(header) if name in number_columns()]
+    texts = [(index, name) for index, name in enumerate(header) if name in JSON_COLUMNS]
+    damaged_lines = {line for line, _ in problems}
+    for line, fields in records:
+        if line in damaged_lines:
+            continue
+        problem = None
+        if len(fields) != len(header):
+            problem = f"the row has {len(fields)} fields, the header {len(header)}"
+        else:
+            problem = next((f"{name} is {fields[index]!r}, not a number" for index, name in numbers
+                            if fields[index] and not _parses(float, fields[index])), None) or \
+                next((f"{name} is not JSON ({fields[index][:40]!r})" for index, name in texts
+                      if fields[index] and not _parses(json.loads, fields[index])), None)
+        if problem:
+            problems.append((line, problem))
+    if not text.endswith("\n") and records and not any(line == records[-1][0] for line, _ in problems):
+        problems.append((records[-1][0], "the last row is cut short (the file does not end with the line break "
+                                         "that every write ends with)"))
+    return header, records, problems
+
+
+def _parses(parse, value: str) -> bool:
+    try:
+        parse(value)
+        return True
+    except ValueError:
+        return False
+
+
 def replotting() -> bool:
     """Whether PROMPTMEM_REPLOT asks for figures from results/ alone."""
     return os.environ.get(REPLOT_ENV, "").strip() not in ("", "0")
@@ -147,6 +243,16 @@ def stored_table(path: str | os.PathLike, compute, settings) -> pd.DataFrame:
     return pd.read_csv(path).drop(columns="settings_id")  # as a later read gives it: the same figures either way
 
 
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description="the results store: keep the rows of a damaged results file that "
+                                                 "read whole (the damaged file is kept as <name>.damaged)")
+    parser.add_argument("command", choices=("salvage",))
+    parser.add_argument("path", type=Path)
+    arguments = parser.parse_args(argv)
+    kept = ResultsStore(arguments.path).salvage()
+    print(f"{arguments.path}: kept {kept} whole rows; the damaged file is {arguments.path}.damaged")
+
+
 def read_results(results_dir: str | os.PathLike, notebook: str) -> pd.DataFrame | None:
     """Another notebook's results table, or None (saying so) when that notebook has not run yet."""
     path = Path(results_dir) / f"{notebook}.csv"
@@ -154,3 +260,7 @@ def read_results(results_dir: str | os.PathLike, notebook: str) -> pd.DataFrame 
         print(f"{path} is missing (run notebook {notebook}): what needs it shows the theory alone")
         return None
     return ResultsStore(path).load()
+
+
+if __name__ == "__main__":
+    main()
