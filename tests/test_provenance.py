@@ -39,6 +39,16 @@ def test_a_run_is_recorded_with_where_how_and_how_long(executed, tmp_path):
         provenance.recorded_profile(tmp_path / "08_missing.ipynb", record_path)
 
 
+def test_make_reproduce_runs_each_notebook_in_its_committed_profile_unless_asked(executed, tmp_path):
+    record_path = tmp_path / "provenance.json"
+    provenance.record(executed, "medium", record_path)
+    assert provenance.profile_to_run(executed, "committed", record_path) == "medium"
+    assert provenance.profile_to_run(executed, "quick", record_path) == "quick"
+    assert provenance.profile_to_run(tmp_path / "09_new.ipynb", "committed", record_path) == "auto"
+    with pytest.raises(ValueError, match="PROFILE must be one of .*'committed'.*got 'fast'"):
+        provenance.profile_to_run(executed, "fast", record_path)
+
+
 def test_stripping_removes_timestamps_widgets_and_injected_parameters_but_keeps_outputs(executed):
     provenance.strip(executed)
     notebook = nbformat.read(executed, as_version=4)

@@ -29,7 +29,22 @@ LABEL_STYLE = {"true": "-", "random": "--"}  # true labels solid, the random-lab
 
 
 def use_style() -> None:
+    """The figure style; inside a Jupyter kernel (papermill's, nbval's, Colab's, JupyterLab's) also the inline backend,
+    whatever MPLBACKEND says: with MPLBACKEND=Agg in a kernel's environment an executed notebook keeps no figure."""
+    shell = _kernel_shell()
+    if shell is not None:
+        shell.run_line_magic("matplotlib", "inline")  # first: the inline backend sets rcParams of its own
     mpl.rcParams.update(STYLE)
+
+
+def _kernel_shell():
+    """The IPython shell of the Jupyter kernel running this code, or None outside a kernel."""
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return None
+    shell = get_ipython()
+    return shell if hasattr(shell, "kernel") else None
 
 
 def log_axes(ax: plt.Axes, xticks=None, yticks=None) -> None:

@@ -7,7 +7,7 @@ time says nothing of the training. A notebook therefore shows its runs' training
 own seconds summed, their devices and precisions) and `record` copies it from the executed notebook.
 
     python -m promptmem.provenance record notebooks/01_memorization_curves.ipynb --profile auto
-    python -m promptmem.provenance profile notebooks/01_memorization_curves.ipynb   # the profile it was run in
+    python -m promptmem.provenance profile notebooks/01_memorization_curves.ipynb   # the profile to rerun it in
     python -m promptmem.provenance strip notebooks/01_memorization_curves.ipynb
     python -m promptmem.provenance table   # the README's table of what each committed run cost
 """
@@ -24,13 +24,14 @@ from pathlib import Path
 import torch
 import transformers
 
-from .profiles import resolve_profile
+from .profiles import PROFILES, resolve_profile
 from .rows import device_name
 from .store import write_atomically
 from .tables import TRAINING, duration
 from .training import default_device
 
 PROVENANCE = Path("figures") / "provenance.json"  # relative to the repository root, where `make` runs
+COMMITTED = "committed"  # make reproduce's default profile: each notebook's committed one
 WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
 
 
@@ -84,6 +85,19 @@ def recorded_profile(notebook: str | os.PathLike, provenance: str | os.PathLike 
     return entries[stem]["profile"]
 
 
+def profile_to_run(notebook: str | os.PathLike, asked: str = COMMITTED,
+                   provenance: str | os.PathLike = PROVENANCE) -> str:
+    """The profile `make reproduce` runs the notebook in: a profile asked for by name, or for "committed" (the default)
+    the one its committed figures were made in, so a rerun re-plots them from results/ and trains only what is
+    missing; "auto" for a notebook without committed figures."""
+    if asked not in (COMMITTED, *PROFILES):
+        raise ValueError(f"PROFILE must be one of {(COMMITTED, *PROFILES)}, got {asked!r}")
+    if asked != COMMITTED:
+        return asked
+    entries = json.loads(Path(provenance).read_text()) if Path(provenance).exists() else {}
+    return entries.get(Path(notebook).stem, {}).get("profile", "auto")
+
+
 def cost_table(provenance: str | os.PathLike = PROVENANCE) -> str:
     """A markdown table of each committed notebook run: profile, device, training runs and hours, precisions."""
     lines = ["| notebook | profile | device | runs trained | training (their own time, summed) | precisions |",
@@ -122,14 +136,15 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description="provenance of the committed figures")
     parser.add_argument("command", choices=("record", "profile", "strip", "table"))
     parser.add_argument("notebook", nargs="?", help="record, profile, strip: the executed notebook")
-    parser.add_argument("--profile", default="auto", help="record: the profile the notebook was run with")
+    parser.add_argument("--profile", help="record: the profile the notebook was run with (default auto); profile: the "
+                                          "profile asked for, printed as the one to run in (default committed)")
     arguments = parser.parse_args(argv)
     if arguments.command != "table" and arguments.notebook is None:
         parser.error(f"{arguments.command} needs a notebook")
     if arguments.command == "record":
-        print(json.dumps(record(arguments.notebook, arguments.profile)))
+        print(json.dumps(record(arguments.notebook, arguments.profile or "auto")))
     elif arguments.command == "profile":
-        print(recorded_profile(arguments.notebook))
+        print(profile_to_run(arguments.notebook, arguments.profile or COMMITTED))
     elif arguments.command == "strip":
         strip(arguments.notebook)
     else:
