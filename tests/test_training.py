@@ -7,7 +7,8 @@ import torch
 from promptmem import data
 from promptmem.backbones import random_backbone
 from promptmem.model import SoftPromptModel
-from promptmem.training import evaluate, select_precision, train
+from promptmem.reproducibility import RELATIVE_TOLERANCE
+from promptmem.training import CPU_CHUNK_ELEMENTS, default_chunk_rows, evaluate, select_precision, train
 from tests.conftest import TINY, interrupt_at_call
 
 
@@ -66,7 +67,7 @@ def test_same_seed_same_prompt(tiny_backbone, tiny_data):
 
 @pytest.mark.parametrize("kwargs, message", [
     (dict(epochs=0), "epochs"), (dict(lr=-1.0), "lr"), (dict(batch_size=0), "batch_size"),
-    (dict(precision="fp8"), "precision"), (dict(eval_every=0), "eval_every"),
+    (dict(precision="fp8"), "precision"), (dict(eval_every=0), "eval_every"), (dict(chunk_rows=0), "chunk_rows"),
     (dict(test_data=(torch.zeros(2, 4, dtype=torch.long), torch.zeros(3, dtype=torch.long))), "test_data"),
 ])
 def test_bad_arguments_are_refused_before_training(tiny_backbone, tiny_data, kwargs, message):
@@ -196,3 +197,39 @@ def test_the_largest_learning_rate_never_reports_a_wrong_accuracy(tiny_backbone,
         assert torch.isfinite(model.prompt).all() and math.isfinite(result.final_loss)
         # the final accuracy is measured in fp32 whatever the training precision
         assert result.final_accuracy == evaluate(model, tiny_data.inputs, tiny_data.labels, precision="fp32")[0]
+
+
+def test_a_full_batch_in_chunks_takes_the_full_batch_step(tiny_backbone, tiny_data):
+    # the chunks' gradients sum to the full batch's (up to summation order): the same trajectory, early stop included
+    results, prompts = [], []
+    for chunk_rows in (None, 32, 10, 1):  # 32 pairs: the default and 32 are one chunk, 10 four chunks (the last of 2)
+        model = SoftPromptModel(tiny_backbone, 4, seed=0)
+        results.append(train(model, tiny_data.inputs, tiny_data.labels, epochs=300, lr=0.05, precision="fp32",
+                             progress=False, chunk_rows=chunk_rows))
+        prompts.append(model.prompt.detach().clone())
+    assert torch.equal(prompts[0], prompts[1])  # one chunk is the unchunked step itself
+    assert results[0].status == "memorized"
+    for result, prompt in zip(results[2:], prompts[2:]):
+        assert (result.status, result.epochs, result.final_accuracy) == (results[0].status, results[0].epochs, 1.0)
+        assert result.history["accuracy"] == results[0].history["accuracy"]
+        assert (prompt - prompts[0]).abs().max() / prompts[0].abs().max() < RELATIVE_TOLERANCE
+
+
+def test_a_full_batch_in_chunks_in_bf16_stays_within_bf16_rounding(tiny_backbone, tiny_data):
+    prompts = []
+    for chunk_rows in (None, 10):
+        model = SoftPromptModel(tiny_backbone, 4, seed=0)
+        train(model, tiny_data.inputs, tiny_data.labels, epochs=5, lr=0.05, precision="bf16", early_stop=False,
+              progress=False, chunk_rows=chunk_rows)
+        prompts.append(model.prompt.detach().clone())
+    change = (prompts[1] - prompts[0]).abs().max() / prompts[0].abs().max()
+    assert 0 < change < 1e-2  # other operand shapes round otherwise, within bf16's 8 bits
+
+
+def test_a_cpu_chunk_holds_the_measured_activations():
+    backbone = random_backbone(seed=0, num_layers=1, hidden_size=512, num_heads=8, ffn_size=64, vocab_size=100)
+    model = SoftPromptModel(backbone, 8)
+    embeds = torch.zeros(3600, 8, 512)
+    assert default_chunk_rows(model, embeds, torch.device("cpu")) == CPU_CHUNK_ELEMENTS // (16 * 512)
+    assert default_chunk_rows(model, embeds[:100], torch.device("cpu")) == 100  # a small batch stays whole
+    assert default_chunk_rows(model, embeds, torch.device("cuda")) == 3600  # a GPU takes the whole batch

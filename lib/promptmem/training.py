@@ -21,6 +21,11 @@ from tqdm.auto import tqdm
 from .model import SoftPromptModel
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+# A full-batch epoch of a soft prompt on a CPU runs forward and backward in chunks of this many activation elements
+# per tensor (rows × (p + N) × d), the gradients summed into one AdamW step: a chunk's activations stay in the
+# caches, where a whole large batch's do not. Measured by `make bench` (bench_step.chunk_benchmark); see
+# default_chunk_rows.
+CPU_CHUNK_ELEMENTS = 400 * 16 * 512
 
 
 def select_precision(device: torch.device | str, model: nn.Module | None = None) -> str:
@@ -63,6 +68,34 @@ def cpu_has_native_bf16() -> bool:
     hardware = any(getattr(torch.cpu, probe, lambda: False)()
                    for probe in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
     return hardware and cap in NATIVE_BF16_ISAS and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def default_chunk_rows(model: nn.Module, embeds: torch.Tensor, device: torch.device) -> int:
+    """How many rows a full-batch epoch computes at once: all of them on a GPU and for models other than a soft
+    prompt; on a CPU, CPU_CHUNK_ELEMENTS' worth of activations (400 rows at 8 prompt + 8 data tokens of width 512)."""
+    n = len(embeds)
+    if device.type == "cuda" or not isinstance(model, SoftPromptModel):
+        return n
+    per_row = (model.prompt_len + embeds.shape[1]) * embeds.shape[2]
+    return max(1, min(n, CPU_CHUNK_ELEMENTS // per_row))
+
+
+def full_batch_gradient(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, chunk_rows: int,
+                        device: torch.device, precision: str, scaler) -> tuple[torch.Tensor, torch.Tensor]:
+    """The gradient of the mean loss over all pairs, accumulated chunk by chunk (the full batch's up to summation
+    order); returns the summed loss and the number of pairs predicted right, both before the step."""
+    n = len(labels)
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    for start in range(0, n, chunk_rows):
+        with autocast(device, precision):
+            logits = model(inputs[start:start + chunk_rows]).float()
+        target = labels[start:start + chunk_rows]
+        loss = nn.functional.cross_entropy(logits, target, reduction="sum")
+        scaler.scale(loss / n).backward()
+        loss_sum += loss.detach()
+        correct += (logits.detach().argmax(-1) == target).sum()
+    return loss_sum, correct
 
 
 def default_device() -> torch.device:
@@ -133,7 +166,7 @@ def train(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, *, epoch
           precision: str = "auto", device: torch.device | str | None = None, seed: int = 0,
           progress: bool = True, checkpoint: str | os.PathLike | None = None,
           checkpoint_every: int = 100, test_data: tuple[torch.Tensor, torch.Tensor] | None = None,
-          eval_every: int | None = None) -> TrainResult:
+          eval_every: int | None = None, chunk_rows: int | None = None) -> TrainResult:
     """Train the parameters of `model` that require grad; `batch_size=None` means full batch.
 
     `test_data` (inputs, labels) are held-out pairs, evaluated after training; with `eval_every` = k, the train and
@@ -142,7 +175,8 @@ def train(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, *, epoch
     The accuracy logged per epoch is measured on the forward pass of the step itself: exact for the parameters
     before the step with a full batch, a running estimate with minibatches. Early stop (full batch: when that
     accuracy is 1 and, trained in bf16 or fp16, a clean evaluation confirms it; minibatches: when a clean evaluation
-    confirms it) leaves the memorizing parameters in place.
+    confirms it) leaves the memorizing parameters in place. A full batch larger than `chunk_rows` (None: the
+    measured default, `default_chunk_rows`) is computed in chunks whose gradients sum into one step.
     Clean evaluations (the curves, that confirmation, the final accuracies and loss) run in fp32 whatever
     `precision` trains the prompt: memorization is a property of the frozen model as it computes in fp32.
 
@@ -152,6 +186,8 @@ def train(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, *, epoch
     """
     check_arguments(epochs=epochs, lr=lr, batch_size=batch_size, precision=precision, inputs=inputs, labels=labels,
                     checkpoint_every=checkpoint_every, eval_every=eval_every, test_data=test_data)
+    if chunk_rows is not None and (not isinstance(chunk_rows, int) or isinstance(chunk_rows, bool) or chunk_rows < 1):
+        raise ValueError(f"chunk_rows must be None (the measured default) or an integer >= 1, got {chunk_rows!r}")
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError("the model has no parameter that requires grad: nothing to train")
@@ -168,6 +204,7 @@ def train(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, *, epoch
             test_data = None if test_data is None else (model.backbone.embed_tokens(test_data[0]), test_data[1])
     n = len(labels)
     batch_size = min(batch_size or n, n)
+    chunk_rows = min(chunk_rows or default_chunk_rows(model, inputs, device), n)
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=device.type == "cuda")
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     generator = torch.Generator(device="cpu").manual_seed(seed)
@@ -204,7 +241,14 @@ def train(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, *, epoch
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), device=device, dtype=torch.long)
         held = False  # full batch: the parameters before the step memorize, so the step is not taken
-        for start in range(0, n, batch_size):
+        if order is None and chunk_rows < n:  # full batch in chunks, their gradients summed into one step
+            optimizer.zero_grad(set_to_none=True)
+            loss_sum, correct = full_batch_gradient(model, inputs, labels, chunk_rows, device, precision, scaler)
+            held = early_stop and correct.item() == n and (precision == "fp32" or memorizes())
+            if not held:
+                scaler.step(optimizer)
+                scaler.update()
+        for start in range(0, n, batch_size) if order is not None or chunk_rows == n else ():
             rows = order[start:start + batch_size] if order is not None else slice(None)
             with autocast(device, precision):
                 logits = model(inputs[rows]).float()
