@@ -40,12 +40,16 @@ from promptmem.chunking import default_tokens_per_pass, plan_chunks
 from promptmem.configs import RunConfig, grid
 from promptmem.rows import device_file_stem, device_name
 from promptmem.sweeps import run_sweep
-from promptmem.training import autocast, cpu_has_native_bf16, select_precision, train
+from promptmem.training import autocast, cpu_has_native_bf16, default_chunk_rows, select_precision, train
 
 SHAPES = {"2-layer width 512": dict(num_layers=2, hidden_size=512, num_heads=8, ffn_size=2048),
           "RoBERTa-base": dict(num_layers=12, hidden_size=768, num_heads=12, ffn_size=3072)}
 STEP_CASES = {"cuda": [("2-layer width 512", 2000), ("2-layer width 512", 3600), ("RoBERTa-base", 2000)],
-              "cpu": [("2-layer width 512", 400), ("2-layer width 512", 1600), ("RoBERTa-base", 100)]}
+              "cpu": [("2-layer width 512", 400), ("2-layer width 512", 1600), ("2-layer width 512", 3600),
+                      ("RoBERTa-base", 100)]}
+# On a CPU, a full-batch epoch at the paper's largest n in chunks of these many rows (training.CPU_CHUNK_ELEMENTS),
+# against n / CHUNK_SMALL_N epochs of CHUNK_SMALL_N rows
+CHUNK_ROWS, CHUNK_N, CHUNK_SMALL_N = (3600, 1200, 800, 400, 200, 100), 3600, 400
 # The causal decoder: (shape, n, p, K) at notebook 02's quick and medium shapes; on a GPU its medium shape at the
 # paper's n.
 DECODER_SHAPES = {"GPT-2 width 128": dict(num_layers=2, hidden_size=128, num_heads=4, ffn_size=512),
@@ -119,7 +123,7 @@ REPEATS = 3  # each timing taken this often, interleaved with the other's; the f
 
 
 def library_step(backbone, inputs, labels, precision, device, epochs: int, prompt_len: int = PROMPT_LEN,
-                 generation_steps: int = 0):
+                 generation_steps: int = 0, chunk_rows: int | None = None):
     """A function timing the library's training step as a sweep runs it on `device` (alone on a CPU or for a causal
     model, batched on a GPU): a run of `epochs` and one of twice as many, each in seconds per `epochs` (their
     difference is a step; setup and final evaluation cancel), and the peak memory of the longer run."""
@@ -127,7 +131,8 @@ def library_step(backbone, inputs, labels, precision, device, epochs: int, promp
         model = SoftPromptModel(backbone, prompt_len, generation_steps=generation_steps, seed=0)
         if device.type == "cpu" or backbone.is_causal:
             return peak_memory(device, lambda: train(model, inputs, labels, epochs=length, lr=1e-3, early_stop=False,
-                                                     precision=precision, device=device, progress=False))
+                                                     precision=precision, device=device, progress=False,
+                                                     chunk_rows=chunk_rows))
         return peak_memory(device, lambda: train_together(
             [Run(model, inputs, labels, epochs=length, lr=1e-3, early_stop=False)], precision=precision, device=device,
             progress=False, sync_every=length))
@@ -218,6 +223,36 @@ def step_benchmarks(device, steps: int, peak: float, cases) -> list[dict]:
     return rows
 
 
+def chunk_benchmark(steps: int, peak: float, sizes=(CHUNK_N, CHUNK_SMALL_N), chunks=CHUNK_ROWS) -> dict:
+    """On a CPU: a full-batch epoch at n = sizes[0] computed in chunks of each of `chunks` rows, against the epoch of
+    sizes[1] rows times sizes[0] / sizes[1] (the same work in small full batches: what an epoch should cost)."""
+    device, shape = torch.device("cpu"), SHAPES["2-layer width 512"]
+    backbone = random_backbone(init_scale=0.02, seed=0, **shape)
+    generator = torch.Generator().manual_seed(0)
+    large, small = sizes
+    inputs = torch.randint(4, VOCAB, (large, SEQ_LEN), generator=generator)
+    labels = torch.randint(0, 2, (large,), generator=generator)
+    precision = select_precision(device, SoftPromptModel(backbone, PROMPT_LEN))
+    default = default_chunk_rows(SoftPromptModel(backbone, PROMPT_LEN), torch.empty(large, SEQ_LEN, shape["hidden_size"]),
+                                 device)
+    measures = [library_step(backbone, inputs, labels, precision, device, steps, chunk_rows=chunk) for chunk in chunks]
+    measures.append(library_step(backbone, inputs[:small], labels[:small], precision, device, steps))
+    *chunked, (small_epoch, _) = fastest(*measures)
+    epoch_ms = {chunk: 1e3 * seconds for chunk, (seconds, _) in zip(chunks, chunked)}
+    flops = step_flops(shape, large, PROMPT_LEN + SEQ_LEN, precision != "fp32")
+    best = min(epoch_ms, key=epoch_ms.get)
+    result = {"n": large, "precision": precision, "default_chunk_rows": default, "epoch_ms_per_chunk_rows": epoch_ms,
+              "best_chunk_rows": best, f"n{small}_epoch_ms": 1e3 * small_epoch,
+              "default_vs_small_epochs": epoch_ms.get(default, float("nan")) / (1e3 * small_epoch * large / small),
+              "default_fraction_of_peak": flops / (epoch_ms.get(default, float("nan")) / 1e3) / 1e12 / peak}
+    print(f"  n={large} epoch per chunk of rows (ms): "
+          + ", ".join(f"{chunk}: {ms:.0f}" for chunk, ms in epoch_ms.items())
+          + f"; {large // small} epochs of n={small}: {1e3 * small_epoch * large / small:.0f} ms; default chunk "
+          f"{default} rows: {result['default_vs_small_epochs']:.2f}x that, "
+          f"{100 * result['default_fraction_of_peak']:.0f}% of the peak", flush=True)
+    return result
+
+
 def decoder_benchmarks(device, steps: int, cases) -> list[dict]:
     """The causal decoder's training step in fp32 through Hugging Face's forward and through the readout decoder."""
     rows = []
@@ -288,6 +323,8 @@ def main(argv=None) -> dict:
               "peak_matmul_tflops": peak, "steps": step_benchmarks(device, steps, peak, cases),
               "decoder_steps": decoder_benchmarks(device, steps, decoder_cases),
               "sweep": {"n_shrunk_by": shrink, **sweep_benchmark(device, shrink, **sweep)}}
+    if on_cpu:
+        report["chunks"] = chunk_benchmark(steps, peak, (64, 32), (64, 16)) if smoke else chunk_benchmark(steps, peak)
     folder = Path(arguments.out)
     folder.mkdir(parents=True, exist_ok=True)
     name = device_file_stem(report["device"])

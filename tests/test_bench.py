@@ -77,6 +77,9 @@ def test_the_benchmark_runs_and_writes_its_report(tmp_path):
     decoder = written["decoder_steps"][0]
     assert decoder["generation_steps"] == 2 and decoder["precision"] == "fp32"
     assert all(math.isfinite(decoder[key]) for key in ("hugging_face_ms", "readout_decoder_ms"))
+    chunks = written["chunks"]  # on a CPU: the large n's epoch per chunk size against small full batches
+    assert chunks["n"] == 64 and set(chunks["epoch_ms_per_chunk_rows"]) == {"64", "16"}
+    assert chunks["default_chunk_rows"] == 64 and math.isfinite(chunks["default_vs_small_epochs"])
 
 
 @requires_local_data
