@@ -49,7 +49,7 @@ STEP_CASES = {"cuda": [("2-layer width 512", 2000), ("2-layer width 512", 3600),
                       ("RoBERTa-base", 100)]}
 # On a CPU, a full-batch epoch at the paper's largest n in chunks of these many rows (training.CPU_CHUNK_ELEMENTS),
 # against n / CHUNK_SMALL_N epochs of CHUNK_SMALL_N rows
-CHUNK_ROWS, CHUNK_N, CHUNK_SMALL_N = (3600, 1200, 800, 400, 200, 100), 3600, 400
+CHUNK_ROWS, CHUNK_N, CHUNK_SMALL_N = (3600, 800, 400, 200), 3600, 400
 # The causal decoder: (shape, n, p, K) at notebook 02's quick and medium shapes; on a GPU its medium shape at the
 # paper's n.
 DECODER_SHAPES = {"GPT-2 width 128": dict(num_layers=2, hidden_size=128, num_heads=4, ffn_size=512),

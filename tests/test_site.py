@@ -1,10 +1,12 @@
 """The results site in a real browser: `docs/build_site.py` builds it into build/site, a local server serves it, and
 headless Chromium (Debian's package; `make test` installs it) opens every page reachable from the landing page: every
-image loads, no internal link is broken (a page's anchors included), and the console shows no error. A screenshot of
-the landing page is saved as build/site-landing.png."""
+image loads, no internal link is broken (a page's anchors included), the console shows no error, every notebook page
+shows each figure its notebook saves, and the landing page each claim's figure. A screenshot of the landing page is
+saved as build/site-landing.png."""
 
 import functools
 import http.server
+import json
 import subprocess
 import sys
 import threading
@@ -12,6 +14,8 @@ from pathlib import Path
 from urllib.parse import urldefrag, urljoin, urlparse
 
 import pytest
+
+from tests.test_notebooks import NOTEBOOKS, shown_and_saved
 
 ROOT = Path(__file__).resolve().parents[1]
 SITE = ROOT / "build" / "site"
@@ -43,7 +47,7 @@ def is_page(url: str) -> bool:
 def test_every_page_loads_its_images_and_links_without_console_errors(site_url):
     sync_api = pytest.importorskip("playwright.sync_api", reason="the site extra: pip install -e '.[site]'")
     assert CHROMIUM.exists(), "Debian's chromium is missing: `make test` installs it (apt-get install chromium)"
-    problems, status, ids, fragments = [], {}, {}, []
+    problems, status, ids, fragments, shown = [], {}, {}, [], {}
     with sync_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_FLAGS)
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
@@ -66,6 +70,9 @@ def test_every_page_loads_its_images_and_links_without_console_errors(site_url):
                                    ".map(i => i.src)")
             problems += [f"{url}: image did not load: {src}" for src in broken]
             ids[url] = set(page.evaluate("Array.from(document.querySelectorAll('[id]')).map(e => e.id)"))
+            for selector in (".cell_output img", "img.results-figure"):
+                shown[url, selector] = page.evaluate(f"Array.from(document.querySelectorAll('{selector}'))"
+                                                     ".filter(i => i.complete && i.naturalWidth > 0).length")
             for href in page.evaluate("Array.from(document.querySelectorAll('a[href]')).map(a => a.href)"):
                 target, fragment = urldefrag(href)
                 if urlparse(target).netloc != urlparse(site_url).netloc:
@@ -79,6 +86,13 @@ def test_every_page_loads_its_images_and_links_without_console_errors(site_url):
     problems += [f"{url}: HTTP {code}" for url, code in status.items() if code != 200]
     problems += [f"{source}: link to a missing anchor {target}#{fragment}" for source, target, fragment in fragments
                  if target in ids and fragment not in ids[target]]
+    for path in NOTEBOOKS:
+        saved = sum(count for count, _ in shown_and_saved(json.loads(path.read_text())))
+        figures = shown.get((f"{site_url}notebooks/{path.stem}.html", ".cell_output img"))
+        if figures is None or figures < saved:
+            problems.append(f"notebook page {path.stem}: shows {figures} figures, its notebook saves {saved}")
+    if shown.get((site_url, "img.results-figure")) != len(NOTEBOOKS):  # one figure per claim, each loaded
+        problems.append(f"landing page: {shown.get((site_url, 'img.results-figure'))} results figures loaded")
     pages = [url for url in status if is_page(url)]
-    assert len(pages) >= 8, f"the crawl reached only {pages}"  # the landing page, 6 notebooks, the README, ...
+    assert len(pages) >= 17, f"the crawl reached only {pages}"  # the landing page, 8 notebooks, 8 pages of docs/
     assert not problems, "\n".join(problems)

@@ -1,6 +1,7 @@
 """promptmem: reproducing two papers on prompt tuning and memorization.
 
 Modules, each one concern (each imports only modules listed above it):
+    processor   which processor computed something: vendor, model, bf16 path, widest instruction set
     data        IMDb / SST-2 cut to N tokens, random tokens; hub or PROMPTMEM_DATA_DIR
     readout     a frozen encoder's hidden state at the readout position, computing only what it needs (bf16 or fp32)
     backbones   frozen Hugging Face encoders and causal decoders: random (explicit init scale), or a pretrained
@@ -13,7 +14,8 @@ Modules, each one concern (each imports only modules listed above it):
     configs     run configs: their fields, validation and ids; grids; the config of a results row
     building    what a config trains: its frozen backbone and data (cached), model and training arguments
     rows        a results row: its columns (metrics, prompt spectra, attention statistics) and schema version
-    store       the crash-safe results store, measurements kept beside it, re-plot mode
+    store       the crash-safe results store (damaged files refused, salvaged on request), measurements kept beside
+                it, re-plot mode
     chunking    which configs share a batched pass, and chunks of them by memory and prompt length
     sweeps      running configs: one alone, or a sweep that skips finished ones (batched on a GPU)
     tables      finished rows into what the figures plot: best setting, minimal prompt length, bounds; training cost
