@@ -18,6 +18,7 @@ Modules, each one concern (each imports only modules listed above it):
                 it, re-plot mode
     chunking    which configs share a batched pass, and chunks of them by memory and prompt length
     sweeps      running configs: one alone, or a sweep that skips finished ones (batched on a GPU)
+    search      the smallest memorizing prompt of a setting on the integers: doubling, then bisection, resumable
     tables      finished rows into what the figures plot: best setting, minimal prompt length, bounds; training cost
     reproducibility  what a rerun reproduces across machines and batch shapes, and within which tolerance
     seq2seq     sequence-to-sequence memorization through a frozen causal model's LM head: pairs, teacher-forced
