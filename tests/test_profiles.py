@@ -31,7 +31,8 @@ def test_unknown_profile_is_refused():
 
 def test_paper_profile_is_the_papers_setup():
     paper = MEMORIZATION["paper"]
-    assert paper.n_values == (1600, 2500, 3600) and paper.base.lr == 0.005 and paper.base.epochs == 1000
+    assert {1600, 2500, 3600} <= set(paper.n_values) and paper.base.lr == 0.005 and paper.base.epochs == 1000
+    assert paper.search_max_prompt_len == 32  # the smallest memorizing p on the integers, not off a grid
     assert (paper.base.num_layers, paper.base.hidden_size, paper.base.seq_len) == (2, 512, 8)
     assert paper.base.dataset == "imdb" and paper.base.batch_size is None
 
@@ -40,7 +41,8 @@ def test_medium_profile_is_a_subset_of_the_papers():
     """Every medium run is a paper run (same fields, so the same config_id): a GPU later runs only the rest."""
     paper, medium = MEMORIZATION["paper"], MEMORIZATION["medium"]
     assert dataclasses.replace(medium.base, n=paper.base.n) == paper.base
-    assert set(medium.prompt_lengths) <= set(paper.prompt_lengths) and max(medium.n_values) >= min(paper.n_values)
+    assert max(medium.prompt_lengths) <= paper.search_max_prompt_len and set(medium.n_values) <= set(paper.n_values)
+    assert (medium.seq_len_n, medium.baseline_n_values) == (paper.seq_len_n, paper.baseline_n_values)
     assert set(medium.scan.init_scales) == set(paper.scan.init_scales)
     run = dict(n=1600, prompt_len=8, labels="random", init_scale=0.5)
     assert (dataclasses.replace(medium.base, **run).config_id == dataclasses.replace(paper.base, **run).config_id)

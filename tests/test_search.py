@@ -19,7 +19,7 @@ def threshold_runs(monkeypatch):
         ran.append(config.prompt_len)
         row = real_run(dataclasses.replace(config, epochs=1), device, progress)
         return row | {"config_id": config.config_id, "prompt_len": config.prompt_len,
-                      "final_accuracy": 1.0 if threshold.get("rule", lambda p: p >= threshold["p"])(config.prompt_len)
+                      "final_accuracy": 1.0 if threshold.get("rule", lambda c: c.prompt_len >= threshold["p"])(config)
                       else 0.9}
 
     real_run = sweeps.run_config
@@ -64,15 +64,19 @@ def test_no_memorizing_prompt_up_to_the_limit_and_a_first_guess(tmp_path, thresh
     threshold["p"] = 3
     assert smallest_memorizing_prompt(TINY, tmp_path / "b.csv", max_prompt_len=32, start=8,
                                       progress=False) == Bracket(2, 3)
-    assert ran == [8, 4, 2, 3]
+    assert ran == [8, 7, 3, 1, 2]  # one below the first guess, then bisection
+    ran.clear()
+    assert smallest_memorizing_prompt(TINY, tmp_path / "c.csv", max_prompt_len=32, start=3,
+                                      progress=False) == Bracket(2, 3)
+    assert ran == [3, 2]  # a right first guess costs two runs
 
 
 def test_a_failing_run_above_a_memorizing_one_does_not_move_the_bracket(tmp_path, threshold_runs):
     ran, threshold = threshold_runs
-    threshold["rule"] = lambda p: p in (6, 7)  # not monotone: 8 fails although 6 memorizes
+    threshold["rule"] = lambda config: config.prompt_len in (6, 7)  # not monotone: 8 fails although 6 memorizes
     path = tmp_path / "r.csv"
-    assert smallest_memorizing_prompt(TINY, path, max_prompt_len=32, start=6, progress=False) == Bracket(5, 6)
-    assert ran == [6, 3, 4, 5]
+    assert smallest_memorizing_prompt(TINY, path, max_prompt_len=32, start=7, progress=False) == Bracket(5, 6)
+    assert ran == [7, 6, 3, 4, 5]
     sweeps.run_sweep([dataclasses.replace(TINY, prompt_len=8)], path, progress=False)
     assert bracket(TINY, path, 32) == Bracket(5, 6)  # the failing 8 lies above the smallest memorizing length
     assert next_prompt_len(Bracket(0, 1), 32) is None  # p = 1 memorizes: nothing shorter exists
@@ -80,6 +84,7 @@ def test_a_failing_run_above_a_memorizing_one_does_not_move_the_bracket(tmp_path
 
 @pytest.mark.parametrize("options, message", [(dict(max_prompt_len=0), "max_prompt_len"),
                                               (dict(max_prompt_len=8, start=9), "start must be"),
+                                              (dict(max_prompt_len=8, recompute="yes"), "recompute must be"),
                                               (dict(max_prompt_len=600), r"N \+ p")])
 def test_bad_search_arguments_are_refused_before_any_run(tmp_path, threshold_runs, options, message):
     with pytest.raises(ValueError, match=message):
@@ -91,3 +96,28 @@ def test_the_bracket_reads_the_finished_rows(tmp_path, threshold_runs):
     smallest_memorizing_prompt(TINY, tmp_path / "r.csv", max_prompt_len=32, progress=False)
     assert bracket(TINY, tmp_path / "r.csv", 32) == Bracket(4, 5)
     assert bracket(dataclasses.replace(TINY, seed=1), tmp_path / "r.csv", 32) == Bracket(0, None)  # another setting
+
+
+def test_recompute_trains_every_step_anew_and_reads_only_its_own_runs(tmp_path, threshold_runs):
+    ran, threshold = threshold_runs
+    path = tmp_path / "r.csv"
+    smallest_memorizing_prompt(TINY, path, max_prompt_len=32, progress=False)
+    threshold["p"] = 3  # what the runs give now (another machine, another library)
+    ran.clear()
+    assert smallest_memorizing_prompt(TINY, path, max_prompt_len=32, recompute=True, progress=False) == Bracket(2, 3)
+    assert ran == [1, 2, 4, 3]  # the stored 5 and 6 were not taken as finished
+
+
+def test_searches_along_n_start_at_the_previous_threshold(tmp_path, threshold_runs):
+    ran, threshold = threshold_runs
+    threshold["rule"] = lambda config: config.prompt_len >= {32: 2, 48: 2, 64: 5}[config.n]
+    brackets, rows = search.smallest_memorizing_prompts(TINY, tmp_path / "r.csv", "n", [64, 32, 48], 32,
+                                                        progress=False)
+    assert brackets.to_dict("records") == [{"n": 32, "fails": 1, "memorizes": 2, "exact": True},
+                                           {"n": 48, "fails": 1, "memorizes": 2, "exact": True},
+                                           {"n": 64, "fails": 4, "memorizes": 5, "exact": True}]
+    assert ran == [1, 2, 2, 1, 2, 4, 8, 6, 5]  # each n starts at the last one's threshold
+    assert list(zip(rows.n, rows.prompt_len)) == [(32, 1), (32, 2), (48, 1), (48, 2), (64, 2), (64, 4), (64, 5),
+                                                  (64, 6), (64, 8)]
+    with pytest.raises(ValueError, match="field must name"):
+        search.smallest_memorizing_prompts(TINY, tmp_path / "r.csv", "prompt_len", [1], 32)

@@ -18,7 +18,8 @@ Modules, each one concern (each imports only modules listed above it):
                 it, re-plot mode
     chunking    which configs share a batched pass, and chunks of them by memory and prompt length
     sweeps      running configs: one alone, or a sweep that skips finished ones (batched on a GPU)
-    search      the smallest memorizing prompt of a setting on the integers: doubling, then bisection, resumable
+    search      the smallest memorizing prompt of a setting on the integers: doubling, then bisection, resumable;
+                its brackets along n or N, searched or read off a grid
     tables      finished rows into what the figures plot: best setting, minimal prompt length, bounds; training cost
     reproducibility  what a rerun reproduces across machines and batch shapes, and within which tolerance
     seq2seq     sequence-to-sequence memorization through a frozen causal model's LM head: pairs, teacher-forced
@@ -39,6 +40,7 @@ from .profiles import (EFFICIENCY, GENERATION, INITIALIZATION, LOW_RANK, MEMORIZ
                        init_scale_scan, resolve_profile)
 from .rows import device_name
 from .store import ResultsStore, read_results, stored_table
+from .search import Bracket, prompt_length_runs, smallest_memorizing_prompt, smallest_memorizing_prompts
 from .sweeps import run_config, run_sweep
 from .tables import (best_setting, evaluation_curves, min_prompt_length, prompt_bounds, shortest_memorizing,
                      show_training)

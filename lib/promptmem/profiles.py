@@ -60,8 +60,11 @@ class MemorizationSettings:
 
     base: RunConfig
     n_values: tuple[int, ...]
-    prompt_lengths: tuple[int, ...]
+    prompt_lengths: tuple[int, ...]  # the grid the smallest memorizing p is read off, or (searching) the ticks
     label_kinds: tuple[str, ...] = ("true", "random")
+    # None: read the smallest memorizing p off the grid; an integer: search it on the integers 1…this
+    # (promptmem.search: doubling from the last n's threshold, then bisection), in panels (a)-(b) and (c)
+    search_max_prompt_len: int | None = None
     # panel (c): N at a fixed n
     seq_lens: tuple[int, ...] = (4, 8, 16)
     seq_len_n: int = 1600
@@ -83,11 +86,17 @@ def init_scale_scan(settings) -> list[RunConfig]:
 
 
 MEMORIZATION = {
+    # The paper's setup at its n, and the medium profile's two smaller n (the same configs: their rows are shared
+    # where the scan picks the same σ), so the exponent rests on five n. The smallest memorizing p is searched on the
+    # integers. The N panel and the baselines stay at n = 1600: a from-scratch run at n = 3600 trains every weight
+    # for hours, and the medium profile's rows there are the paper profile's.
     "paper": MemorizationSettings(
         base=RunConfig(n=1600, prompt_len=8, dataset="imdb", seq_len=8, epochs=1000, lr=0.005),
-        n_values=(1600, 2500, 3600),
-        # the powers of two, plus the points between them: the minimal p is read off this grid
-        prompt_lengths=(1, 2, 3, 4, 6, 8, 12, 16, 24, 32),
+        n_values=(400, 800, 1600, 2500, 3600),
+        prompt_lengths=(1, 2, 4, 8, 16, 32),
+        search_max_prompt_len=32,
+        seq_len_n=1600,
+        baseline_n_values=(1600,),
     ),
     # The paper's backbone, optimizer and epoch budget; n up to the paper's smallest, p on the powers of two of its
     # grid and 3, the one grid point between the thresholds the powers found at n = 1600 (p = 2 fails, 4 memorizes):
@@ -171,7 +180,7 @@ GENERATION = {
     "paper": GenerationSettings(
         base=dataclasses.replace(MEMORIZATION["paper"].base, architecture="gpt2", generation_steps=0),
         n_values=(1600, 3600),
-        prompt_lengths=MEMORIZATION["paper"].prompt_lengths,
+        prompt_lengths=(1, 2, 3, 4, 6, 8, 12, 16, 24, 32),
     ),
     # The causal backbone at width 512 and one n: what 2 cores add to the quick profile within a session.
     "medium": GenerationSettings(

@@ -9,7 +9,8 @@ another machine (another instruction set, so other kernels). Their rounding diff
 trajectories drift apart. What is promised there, for short fp32 runs, is what the verdicts read: the same status,
 epochs and accuracies (`EXACT_COLUMNS`), and every float within `RELATIVE_TOLERANCE` of the other (`FLOAT_COLUMNS`).
 The tolerance comes from a measurement (`bench/determinism.py`, the README's reliability section), not from a guess.
-bf16 runs agree across batch shapes as closely, but not across machines (bf16 rounding follows the kernel).
+bf16 runs agree across batch shapes as closely on some kernel sets (an AMX host's own) and not on others, nor across
+machines (bf16 rounding follows the kernel).
 
     python -m promptmem.reproducibility results build/nbtest/results   # exit status 1 when they disagree
 """

@@ -6,8 +6,12 @@ is derived from the finished rows alone) and a rerun recomputes nothing."""
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
+
+import pandas as pd
 
 from .configs import RunConfig
 from .store import ResultsStore
@@ -25,12 +29,15 @@ class Bracket:
         return self.memorizes is not None and self.memorizes == self.fails + 1
 
 
-def bracket(base: RunConfig, results_path: str | os.PathLike, max_prompt_len: int, target: float = 1.0) -> Bracket:
-    """The bracket the finished rows of `base` at prompt lengths 1…max_prompt_len give."""
+def bracket(base: RunConfig, results_path: str | os.PathLike, max_prompt_len: int, target: float = 1.0,
+            among: set[str] | None = None) -> Bracket:
+    """The bracket the finished rows of `base` at prompt lengths 1…max_prompt_len give (only the rows whose
+    config_id is in `among`, where given)."""
     rows = ResultsStore(results_path).load()
     ids = {dataclasses.replace(base, prompt_len=p).config_id: p for p in range(1, max_prompt_len + 1)}
     finished = {} if rows.empty else {ids[row.config_id]: row.final_accuracy >= target - 1e-9
-                                      for row in rows.itertuples() if row.config_id in ids}
+                                      for row in rows.itertuples()
+                                      if row.config_id in ids and (among is None or row.config_id in among)}
     memorizes = min((p for p, memorized in finished.items() if memorized), default=None)
     fails = max((p for p, memorized in finished.items() if not memorized and (memorizes is None or p < memorizes)),
                 default=0)
@@ -39,25 +46,96 @@ def bracket(base: RunConfig, results_path: str | os.PathLike, max_prompt_len: in
 
 def next_prompt_len(found: Bracket, max_prompt_len: int, start: int = 1) -> int | None:
     """The prompt length to run next, or None when the search is over: `start` first, then doubling the largest
-    failing length (capped at max_prompt_len) until one memorizes, then the middle of the bracket."""
+    failing length (capped at max_prompt_len) until one memorizes; where `start` itself memorizes, one below it (a
+    good first guess is usually the threshold); then the middle of the bracket."""
     if found.exact or (found.memorizes is None and found.fails >= max_prompt_len) or found.memorizes == 1:
         return None
     if found.memorizes is None:
         return start if found.fails == 0 else min(2 * found.fails, max_prompt_len)
+    if found.fails == 0 and found.memorizes == start:
+        return start - 1
     return (found.fails + found.memorizes) // 2
 
 
 def smallest_memorizing_prompt(base: RunConfig, results_path: str | os.PathLike, max_prompt_len: int, *,
-                               start: int = 1, target: float = 1.0, **sweep_options) -> Bracket:
+                               start: int = 1, target: float = 1.0, recompute: bool = False,
+                               **sweep_options) -> Bracket:
     """Search the smallest prompt length at which `base` (its prompt_len replaced) reaches `target` accuracy, between
-    1 and max_prompt_len, storing each run in `results_path`; return the final bracket. `sweep_options` go to
-    `run_sweep` (device, progress, checkpoint_every)."""
+    1 and max_prompt_len, storing each run in `results_path`; return the final bracket. With `recompute` every step
+    trains anew and reads only the runs of this call. `sweep_options` go to `run_sweep` (device, progress,
+    checkpoint_every)."""
     if not isinstance(max_prompt_len, int) or isinstance(max_prompt_len, bool) or max_prompt_len < 1:
         raise ValueError(f"max_prompt_len must be an integer >= 1, got {max_prompt_len!r}")
     if not isinstance(start, int) or isinstance(start, bool) or not 1 <= start <= max_prompt_len:
         raise ValueError(f"start must be an integer in [1, max_prompt_len={max_prompt_len}], got {start!r}")
+    if not isinstance(recompute, bool):
+        raise ValueError(f"recompute must be True or False, got {recompute!r}")
     dataclasses.replace(base, prompt_len=max_prompt_len).validate()  # the longest prompt fits, before any run
-    while (prompt_len := next_prompt_len(bracket(base, results_path, max_prompt_len, target), max_prompt_len,
-                                         start)) is not None:
-        run_sweep([dataclasses.replace(base, prompt_len=prompt_len)], results_path, **sweep_options)
-    return bracket(base, results_path, max_prompt_len, target)
+    trained = set() if recompute else None
+    while (prompt_len := next_prompt_len(bracket(base, results_path, max_prompt_len, target, trained),
+                                         max_prompt_len, start)) is not None:
+        config = dataclasses.replace(base, prompt_len=prompt_len)
+        run_sweep([config], results_path, recompute=recompute, **sweep_options)
+        if trained is not None:
+            trained.add(config.config_id)
+    return bracket(base, results_path, max_prompt_len, target, trained)
+
+
+def smallest_memorizing_prompts(base: RunConfig, results_path: str | os.PathLike, field: str,
+                                values: Sequence, max_prompt_len: int, *, target: float = 1.0,
+                                recompute: bool = False, **sweep_options) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The search at each value of `field` (n, seq_len) in ascending order, each starting at the previous value's
+    smallest memorizing prompt (a larger n or N should not need a shorter one; where it does, the search still finds
+    it). Returns the brackets (one row per value: `field`, fails, memorizes, exact) and the rows of every run the
+    searches made, ordered by value and prompt length."""
+    if not hasattr(base, field) or field == "prompt_len":
+        raise ValueError(f"field must name a RunConfig field other than prompt_len, got {field!r}")
+    settings = [dataclasses.replace(base, **{field: value}) for value in sorted(values)]
+    for setting in settings:  # every setting's longest prompt fits, before any run
+        dataclasses.replace(setting, prompt_len=max_prompt_len).validate()
+    brackets, start = [], 1
+    for setting in settings:
+        found = smallest_memorizing_prompt(setting, results_path, max_prompt_len, start=start, target=target,
+                                           recompute=recompute, **sweep_options)
+        brackets.append({field: getattr(setting, field), **_bracket_fields(found)})
+        start = found.memorizes or start
+    ids = {dataclasses.replace(setting, prompt_len=p).config_id for setting in settings
+           for p in range(1, max_prompt_len + 1)}
+    rows = ResultsStore(results_path).load()
+    if not rows.empty:
+        rows = rows[rows.config_id.isin(ids)].sort_values([field, "prompt_len"]).reset_index(drop=True)
+    return pd.DataFrame(brackets), rows
+
+
+def prompt_length_runs(base: RunConfig, results_path: str | os.PathLike, along: tuple[str, Sequence], *,
+                       vary: dict[str, Sequence] | None = None, prompt_lengths: Sequence[int] = (),
+                       search_max_prompt_len: int | None = None, recompute: bool = False,
+                       **sweep_options) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The runs behind "the smallest memorizing prompt against `along`" (("n", values) or ("seq_len", values)) at
+    every combination of `vary` (for example {"labels": ("true", "random")}): the grid over `prompt_lengths`, or,
+    with `search_max_prompt_len`, the searches on the integers 1…that. Returns the rows (ordered by setting and
+    prompt length) and one bracket per setting: the largest failing and the smallest memorizing prompt length among
+    its runs, and whether the two are adjacent integers (the threshold is then exact)."""
+    field, values = along
+    combinations = [dict(zip(vary, chosen)) for chosen in itertools.product(*vary.values())] if vary else [{}]
+    keys = [*(vary or {}), field]
+    if search_max_prompt_len is None:
+        configs = [dataclasses.replace(base, **combination, **{field: value}, prompt_len=p)
+                   for combination in combinations for value in values for p in prompt_lengths]
+        rows = run_sweep(configs, results_path, recompute=recompute, **sweep_options)
+        brackets = pd.DataFrame([
+            {**combination, field: value, **_bracket_fields(bracket(
+                dataclasses.replace(base, **combination, **{field: value}), results_path, max(prompt_lengths)))}
+            for combination in combinations for value in values])
+        return rows.sort_values([*keys, "prompt_len"]).reset_index(drop=True), brackets
+    found = [smallest_memorizing_prompts(dataclasses.replace(base, **combination), results_path, field, values,
+                                         search_max_prompt_len, recompute=recompute, **sweep_options)
+             for combination in combinations]
+    brackets = pd.concat([table.assign(**combination) for (table, _), combination in zip(found, combinations)],
+                         ignore_index=True)[[*keys, "fails", "memorizes", "exact"]]
+    rows = pd.concat([rows for _, rows in found], ignore_index=True)
+    return rows.sort_values([*keys, "prompt_len"]).reset_index(drop=True), brackets
+
+
+def _bracket_fields(found: Bracket) -> dict:
+    return {"fails": found.fails, "memorizes": found.memorizes, "exact": found.exact}
