@@ -23,9 +23,11 @@ from .model import SoftPromptModel
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 # A full-batch epoch of a soft prompt on a CPU runs forward and backward in chunks of this many activation elements
 # per tensor (rows × (p + N) × d), the gradients summed into one AdamW step: a chunk's activations stay in the
-# caches, where a whole large batch's do not. Measured by `make bench` (bench_step.chunk_benchmark); see
-# default_chunk_rows.
-CPU_CHUNK_ELEMENTS = 400 * 16 * 512
+# caches, where a whole large batch's do not. Measured (bench_step.chunk_benchmark, n = 3600, p = 8, width 512, bf16)
+# on an Intel Xeon (AMX, 2 threads): an epoch took 4.03 s whole, 2.99 s in chunks of 400 rows, 2.49 s of 200 and
+# 3.03 s of 100, against 2.92 s for nine n = 400 epochs; on an AMD EPYC (Zen 5, issue 35's prototype) 3.94 s whole,
+# 1.89 s of 400 and 1.88 s of 200. 200 rows at 8 + 8 tokens of width 512:
+CPU_CHUNK_ELEMENTS = 200 * 16 * 512
 
 
 def select_precision(device: torch.device | str, model: nn.Module | None = None) -> str:
@@ -72,7 +74,7 @@ def cpu_has_native_bf16() -> bool:
 
 def default_chunk_rows(model: nn.Module, embeds: torch.Tensor, device: torch.device) -> int:
     """How many rows a full-batch epoch computes at once: all of them on a GPU and for models other than a soft
-    prompt; on a CPU, CPU_CHUNK_ELEMENTS' worth of activations (400 rows at 8 prompt + 8 data tokens of width 512)."""
+    prompt; on a CPU, CPU_CHUNK_ELEMENTS' worth of activations (200 rows at 8 prompt + 8 data tokens of width 512)."""
     n = len(embeds)
     if device.type == "cuda" or not isinstance(model, SoftPromptModel):
         return n
