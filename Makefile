@@ -76,9 +76,9 @@ OTHER_KERNELS = $(BIN)/python -c "from promptmem.reproducibility import other_ke
 test: $(STAMP) $(CHROMIUM)
 	$(BIN)/python -c "import torch, promptmem; print('make test on', promptmem.device_name(torch.device('cpu')))"
 	rm -rf $(NBTEST) && mkdir -p $(NBTEST) && cp -r notebooks $(NBTEST)/
-	$(PYTEST) $(NBTEST)/notebooks tests --nbval-lax --nbval-current-env --durations=5 -m "not replot"
+	$(PYTEST) $(NBTEST)/notebooks tests --nbval-lax --nbval-current-env --durations=25 -m "not replot"
 	kernels="$$($(OTHER_KERNELS))" && echo "second pass, under $$kernels" && \
-		env $$kernels PROMPTMEM_KERNEL_SET="$$kernels" $(PYTEST) tests -m kernels
+		env $$kernels PROMPTMEM_KERNEL_SET="$$kernels" $(PYTEST) tests -m kernels --durations=10
 
 # Static HTML from the README and the committed, executed notebooks (Sphinx with MyST-NB): nothing runs, nothing is
 # downloaded. tests/test_site.py builds it too, and opens every page in Chromium.
