@@ -33,7 +33,12 @@ def bracket(base: RunConfig, results_path: str | os.PathLike, max_prompt_len: in
             among: set[str] | None = None) -> Bracket:
     """The bracket the finished rows of `base` at prompt lengths 1…max_prompt_len give (only the rows whose
     config_id is in `among`, where given)."""
-    rows = ResultsStore(results_path).load()
+    return bracket_of(ResultsStore(results_path).load(), base, max_prompt_len, target, among)
+
+
+def bracket_of(rows: pd.DataFrame, base: RunConfig, max_prompt_len: int, target: float = 1.0,
+               among: set[str] | None = None) -> Bracket:
+    """`bracket` from rows already read."""
     ids = {dataclasses.replace(base, prompt_len=p).config_id: p for p in range(1, max_prompt_len + 1)}
     finished = {} if rows.empty else {ids[row.config_id]: row.final_accuracy >= target - 1e-9
                                       for row in rows.itertuples()
@@ -124,8 +129,8 @@ def prompt_length_runs(base: RunConfig, results_path: str | os.PathLike, along: 
                    for combination in combinations for value in values for p in prompt_lengths]
         rows = run_sweep(configs, results_path, recompute=recompute, **sweep_options)
         brackets = pd.DataFrame([
-            {**combination, field: value, **_bracket_fields(bracket(
-                dataclasses.replace(base, **combination, **{field: value}), results_path, max(prompt_lengths)))}
+            {**combination, field: value, **_bracket_fields(bracket_of(
+                rows, dataclasses.replace(base, **combination, **{field: value}), max(prompt_lengths)))}
             for combination in combinations for value in values])
         return rows.sort_values([*keys, "prompt_len"]).reset_index(drop=True), brackets
     found = [smallest_memorizing_prompts(dataclasses.replace(base, **combination), results_path, field, values,
