@@ -20,6 +20,8 @@ Modules, each one concern (each imports only modules listed above it):
     sweeps      running configs: one alone, or a sweep that skips finished ones (batched on a GPU)
     search      the smallest memorizing prompt of a setting on the integers: doubling, then bisection, resumable;
                 its brackets along n or N, searched or read off a grid
+    capacity    bits a trained prompt stores about random labels (likelihood and hard-decision views); capacity
+                curves along n, their plateau or rate; the anchors (Morris et al., the perceptron)
     tables      finished rows into what the figures plot: best setting, minimal prompt length, bounds; training cost
     reproducibility  what a rerun reproduces across machines and batch shapes, and within which tolerance
     seq2seq     sequence-to-sequence memorization through a frozen causal model's LM head: pairs, teacher-forced
@@ -36,8 +38,8 @@ from .building import backbone_for, data_for, test_data_for, train_config
 from .configs import RunConfig, checkpoint_base, config_from_row, grid
 from .data import PairData, load_tokenizer, low_rank_sequences, make_dataset, random_tokens, sample_texts
 from .model import SoftPromptModel
-from .profiles import (EFFICIENCY, GENERATION, INITIALIZATION, LOW_RANK, MEMORIZATION, SEQ2SEQ, SINGLE_LAYER,
-                       init_scale_scan, resolve_profile)
+from .profiles import (CAPACITY, EFFICIENCY, GENERATION, INITIALIZATION, LOW_RANK, MEMORIZATION, SEQ2SEQ,
+                       SINGLE_LAYER, init_scale_scan, resolve_profile)
 from .rows import device_name
 from .store import ResultsStore, read_results, stored_table
 from .search import Bracket, prompt_length_runs, smallest_memorizing_prompt, smallest_memorizing_prompts

@@ -449,3 +449,73 @@ SEQ2SEQ = {
 }
 # Wang & Lin report no sequence-to-sequence experiment: the largest profile, medium, is the paper profile too.
 SEQ2SEQ["paper"] = SEQ2SEQ["medium"]
+
+
+def encoder_shape(width: int, depth: int = 2, head_dim: int = 64) -> dict:
+    """A frozen random encoder of `width` and `depth`, heads of `head_dim` dimensions and an FFN 4x the width (the
+    paper's 2-layer width-512 encoder is encoder_shape(512))."""
+    return dict(num_layers=depth, hidden_size=width, num_heads=max(1, width // head_dim), ffn_size=4 * width)
+
+
+@dataclass(frozen=True)
+class CapacitySettings:
+    """Notebook 09: the bits a prompt stores about random labels. `base` carries the data, the labels (random), the
+    optimizer and the full epoch budget (no early stop: a run below its capacity keeps growing confident)."""
+
+    base: RunConfig
+    backbones: tuple[dict, ...]  # encoder shapes: widths at depth 2 (the first is the budget panel's), depths at one width
+    prompt_lengths: tuple[int, ...]
+    n_start: int  # each capacity curve doubles n from here (from the last p's largest memorized n, p after p)
+    n_max: int
+    beyond: int  # doublings past the first n a run does not memorize entirely
+    scan: InitScaleScan  # each backbone's own scan of σ, at n = scan.n scaled with the width (scan.n at the first's)
+    long_budget: int  # epochs of the budget panel (3x base.epochs), first backbone, first prompt length
+    pretrained: str  # a checkpoint: its pretrained weights against its architecture drawn at random, one p
+    pretrained_n_max: int  # the pretrained panel's largest n (its backbone is the slowest)
+    pretrained_prompt_len: int = 1
+
+    def scan_configs(self, shape: dict) -> list[RunConfig]:
+        scan = self.scan
+        n = scan.n * shape["hidden_size"] // self.backbones[0]["hidden_size"]
+        return [dataclasses.replace(self.base, **shape, n=n,
+                                    prompt_len=scan.prompt_len, epochs=scan.epochs, early_stop=True, init_scale=scale)
+                for scale in scan.init_scales]
+
+
+CAPACITY = {
+    # Widths 128, 256, 512 at depth 2 and depths 1, 4 at width 128; the paper's optimizer (AdamW lr 0.005, 1000
+    # epochs, full batch) on IMDb inputs of N = 8 tokens; n up to 4096 (at width 512 an epoch there takes about 2.5 s
+    # on 2 cores). The first backbone is the budget panel's; width 512 comes last, as it costs the most. The pretrained panel: all-MiniLM-L6-v2 (the hub's RoBERTa-base is not reachable
+    # from these machines; notebook 04 uses the same fallback).
+    "medium": CapacitySettings(
+        base=RunConfig(n=64, prompt_len=1, dataset="imdb", labels="random", seq_len=8, epochs=1000, lr=0.005,
+                       early_stop=False, eval_every=50),
+        backbones=(encoder_shape(128), encoder_shape(256), encoder_shape(128, depth=1), encoder_shape(128, depth=4),
+                   encoder_shape(512)),
+        prompt_lengths=(1, 2, 4),
+        n_start=64,
+        n_max=4096,
+        beyond=2,
+        scan=InitScaleScan(init_scales=(0.05, 0.1, 0.2, 0.5), n=256, prompt_len=1, epochs=300),
+        long_budget=3000,
+        pretrained=MINILM,
+        pretrained_n_max=2048,
+    ),
+    # Widths 32 and 64, depths 1 and 2, n up to 256, MiniLM's panel at n = 16: make test's share (about 2 min).
+    "quick": CapacitySettings(
+        base=RunConfig(n=16, prompt_len=1, dataset="imdb", labels="random", seq_len=8, epochs=100, lr=0.02,
+                       early_stop=False, eval_every=10),
+        backbones=(encoder_shape(32, head_dim=8), encoder_shape(64, head_dim=16),
+                   encoder_shape(32, depth=1, head_dim=8)),
+        prompt_lengths=(1, 2, 4),
+        n_start=16,
+        n_max=256,
+        beyond=1,
+        scan=InitScaleScan(init_scales=(0.1, 0.3, 1.0), n=32, prompt_len=1, epochs=100),
+        long_budget=300,
+        pretrained=MINILM,
+        pretrained_n_max=16,
+    ),
+}
+# Wang & Lin measure no capacity in bits: the largest profile, medium, is the paper profile too.
+CAPACITY["paper"] = CAPACITY["medium"]
