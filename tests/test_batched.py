@@ -47,7 +47,8 @@ def train_alone(run: Run, precision: str = "fp32"):
 
 
 def relative_prompt_difference(solo: Run, joint: Run) -> float:
-    return float((solo.model.prompt - joint.model.prompt).norm() / solo.model.prompt.norm())
+    solo_prompt, joint_prompt = solo.model.prompt.detach(), joint.model.prompt.detach()
+    return float((solo_prompt - joint_prompt).norm() / solo_prompt.norm())
 
 
 def assert_same_runs(alone, together, alone_results, together_results):
