@@ -2,8 +2,11 @@
 
     python bench/paper_cost.py [--tflops-t4 16] [--tflops-h100 200]
 
-Counts the main training grids of notebooks 01-04 (the init-scale scans, the prompt-length sweeps; not the small
+Counts the main training runs of notebooks 01-04 (the init-scale scans, the prompt-length sweeps; not the small
 from-scratch baselines) at their full epoch budgets: an upper bound, as early stop ends memorizing runs sooner.
+Notebook 01 searches its smallest memorizing prompts on the integers, so its runs depend on the thresholds: the
+search is replayed (`promptmem.search.next_prompt_len`) against each setting's threshold where `results/` hold it
+exactly, and elsewhere against the last one's grown in proportion to n (or N), as the medium profile's grew.
 Per epoch a prompt run costs one forward and one backward pass to the input over its n examples (`step_flops` of
 bench_step.py, with the K generated tokens of notebook 02 counted as sequence length), and notebook 04 adds a
 forward pass over its train and test sets every `eval_every` epochs. The time assumes a sustained throughput: the
@@ -18,12 +21,15 @@ import argparse
 import dataclasses
 import importlib.util
 import json
+import math
 from pathlib import Path
 
 from promptmem import profiles
-from promptmem.configs import grid
+from promptmem.configs import RunConfig, grid
 from promptmem.provenance import PROVENANCE
-from promptmem.tables import duration
+from promptmem.search import Bracket, bracket_of, next_prompt_len
+from promptmem.store import ResultsStore
+from promptmem.tables import best_setting, duration
 
 ROBERTA_BASE_SHAPE = dict(num_layers=12, hidden_size=768, num_heads=12, ffn_size=3072)
 
@@ -42,16 +48,54 @@ def run_flops(config) -> float:
     return flops
 
 
-def paper_configs() -> dict[str, list]:
+def searched_prompt_lengths(threshold: int, max_prompt_len: int, start: int) -> list[int]:
+    """The prompt lengths a search starting at `start` runs when every p >= `threshold` memorizes."""
+    tried: dict[int, bool] = {}
+    while True:
+        memorizes = min((p for p, memorized in tried.items() if memorized), default=None)
+        fails = max((p for p, memorized in tried.items() if not memorized and (memorizes is None or p < memorizes)),
+                    default=0)
+        prompt_len = next_prompt_len(Bracket(fails, memorizes), max_prompt_len, start)
+        if prompt_len is None:
+            return list(tried)
+        tried[prompt_len] = prompt_len >= threshold
+
+
+def searched_configs(base: RunConfig, field: str, values, max_prompt_len: int, rows) -> list[RunConfig]:
+    """The runs of notebook 01's search along `field` (n or seq_len) from `base`: each value's threshold as `rows`
+    hold it exactly, or the previous threshold times the growth of `field`, rounded up."""
+    configs, start, threshold, previous = [], 1, 1, None
+    for value in sorted(values):
+        setting = dataclasses.replace(base, **{field: value})
+        found = bracket_of(rows, setting, max_prompt_len)
+        if found.exact:
+            threshold = found.memorizes
+        elif previous is not None:
+            threshold = min(max_prompt_len, math.ceil(threshold * value / previous))
+        configs += [dataclasses.replace(setting, prompt_len=p)
+                    for p in searched_prompt_lengths(threshold, max_prompt_len, start)]
+        start, previous = threshold, value
+    return configs
+
+
+def paper_configs(results_dir: Path = Path(__file__).parents[1] / "results") -> dict[str, list]:
     memorization, generation = profiles.MEMORIZATION["paper"], profiles.GENERATION["paper"]
     low_rank, initialization = profiles.LOW_RANK["paper"], profiles.INITIALIZATION["paper"]
-    base01 = memorization.base
+    scan01 = profiles.init_scale_scan(memorization)
+    rows01 = ResultsStore(results_dir / "01_memorization_curves.csv").load()
+    scanned = rows01[rows01.config_id.isin({config.config_id for config in scan01})] if not rows01.empty else rows01
+    # the σ the notebook's scan picks, so that the searches' finished rows are found (σ changes no FLOP)
+    base01 = (dataclasses.replace(memorization.base, init_scale=best_setting(scanned, "init_scale"))
+              if len(scanned) == len(scan01) else memorization.base)
+    search_max = memorization.search_max_prompt_len
     base03 = dataclasses.replace(low_rank.base, n=low_rank.n, dataset="low_rank")
     return {
-        "01_memorization_curves": profiles.init_scale_scan(memorization)
-        + grid(base01, labels=memorization.label_kinds, n=memorization.n_values, prompt_len=memorization.prompt_lengths)
-        + grid(dataclasses.replace(base01, n=memorization.seq_len_n), seq_len=memorization.seq_lens,
-               prompt_len=memorization.prompt_lengths),
+        # the N panel's runs at N = 8 are the n searches' (one run per config)
+        "01_memorization_curves": list({config.config_id: config for config in scan01
+        + [config for labels in memorization.label_kinds for config in searched_configs(
+            dataclasses.replace(base01, labels=labels), "n", memorization.n_values, search_max, rows01)]
+        + searched_configs(dataclasses.replace(base01, n=memorization.seq_len_n, labels="random"), "seq_len",
+                           memorization.seq_lens, search_max, rows01)}.values()),
         "02_generation_tradeoff": profiles.init_scale_scan(generation)
         + grid(generation.base, labels=generation.label_kinds, n=generation.n_values,
                prompt_len=generation.prompt_lengths, generation_steps=generation.generation_steps),

@@ -1,16 +1,19 @@
 """The benchmark runs end to end on tiny shapes and reports; its FLOP count is PyTorch's. (It asserts no speed:
 speed is measured by `make bench`, never in a unit test.)"""
 
+import dataclasses
 import importlib.util
 import json
 import math
 from pathlib import Path
 
+import pandas as pd
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from promptmem.backbones import random_backbone
+from promptmem.configs import RunConfig
 from promptmem.model import SoftPromptModel
 from promptmem.readout import ReadoutEncoder
 from promptmem.rows import device_file_stem
@@ -116,7 +119,26 @@ def test_the_paper_cost_counts_every_training_notebook(capsys):
     assert paper_cost.run_flops(one) == one.epochs * bench.step_flops(
         dict(num_layers=2, hidden_size=512, ffn_size=2048), one.n, one.prompt_len + one.seq_len)
     paper_cost.main([])
-    assert capsys.readouterr().out.count("| 0") == 4  # a table row per notebook
+    assert sum(line.startswith("| 0") for line in capsys.readouterr().out.splitlines()) == 4  # a row per notebook
+
+
+def test_the_paper_cost_replays_the_search_notebook_01_runs():
+    # what promptmem.search ran at n = 2500 with IMDb labels (start 4, the threshold at n = 1600; p = 6 memorizes)
+    assert paper_cost.searched_prompt_lengths(6, 32, start=4) == [4, 8, 6, 5]
+    assert paper_cost.searched_prompt_lengths(1, 32, start=1) == [1]
+    assert paper_cost.searched_prompt_lengths(3, 32, start=4) == [4, 3, 1, 2]  # the start memorizes: one below, bisect
+    assert paper_cost.searched_prompt_lengths(40, 32, start=1) == [1, 2, 4, 8, 16, 32]  # none memorizes up to the cap
+
+
+def test_the_paper_cost_takes_exact_thresholds_from_results_and_grows_the_rest_with_n():
+    base = RunConfig(n=100, prompt_len=1, epochs=10)
+    finished = {2: 0.99, 3: 1.0}  # at n = 100 the threshold is exactly 3
+    rows = pd.DataFrame([dict(config_id=dataclasses.replace(base, prompt_len=p).config_id, final_accuracy=accuracy)
+                         for p, accuracy in finished.items()])
+    configs = paper_cost.searched_configs(base, "n", [200, 100], 32, rows)
+    runs = [(config.n, config.prompt_len) for config in configs]
+    # n = 100: from 1, doubling to 4, then bisecting to 3 (2 fails); n = 200 assumed at 3 * 200 / 100 = 6, from 3
+    assert runs == [(100, 1), (100, 2), (100, 4), (100, 3), (200, 3), (200, 6), (200, 4), (200, 5)]
 
 
 def test_the_paper_cost_shows_what_a_committed_medium_run_took(tmp_path, capsys):
