@@ -25,9 +25,9 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 # per tensor (rows × (p + N) × d), the gradients summed into one AdamW step: a chunk's activations stay in the
 # caches, where a whole large batch's do not. Measured (bench_step.chunk_benchmark, n = 3600, p = 8, width 512, bf16)
 # on an Intel Xeon (AMX, 2 threads): an epoch took 4.03 s whole, 2.99 s in chunks of 400 rows, 2.49 s of 200 and
-# 3.03 s of 100, against 2.92 s for nine n = 400 epochs; on an AMD EPYC (Zen 5, AVX512-BF16) 5.18 s whole, 2.52 s of
-# 800, 2.61 s of 400 and 2.88 s of 200, against 2.84 s for nine n = 400 epochs. 200 rows costs 0.85× and 1.01× the small
-# batches' (the best on the Intel host, 14% behind 800 rows on the AMD one). 200 rows at 8 + 8 tokens of width 512:
+# 3.03 s of 100, against 2.92 s for nine n = 400 epochs; on an AMD EPYC (Zen 5, AVX512-BF16) 5.18 s whole, 2.52 s
+# of 800, 2.61 s of 400 and 2.88 s of 200, against 2.84 s for nine n = 400 epochs. 200 rows costs 0.85× and 1.01×
+# the small batches' (the best on the Intel host, 14% behind 800 rows on the AMD one), at 8 + 8 tokens of width 512:
 CPU_CHUNK_ELEMENTS = 200 * 16 * 512
 
 
