@@ -27,7 +27,7 @@ from pathlib import Path
 from promptmem import profiles
 from promptmem.configs import RunConfig, grid
 from promptmem.provenance import PROVENANCE
-from promptmem.search import Bracket, bracket_of, next_prompt_len
+from promptmem.search import bracket_from, bracket_of, next_prompt_len
 from promptmem.store import ResultsStore
 from promptmem.tables import best_setting, duration
 
@@ -51,14 +51,9 @@ def run_flops(config) -> float:
 def searched_prompt_lengths(threshold: int, max_prompt_len: int, start: int) -> list[int]:
     """The prompt lengths a search starting at `start` runs when every p >= `threshold` memorizes."""
     tried: dict[int, bool] = {}
-    while True:
-        memorizes = min((p for p, memorized in tried.items() if memorized), default=None)
-        fails = max((p for p, memorized in tried.items() if not memorized and (memorizes is None or p < memorizes)),
-                    default=0)
-        prompt_len = next_prompt_len(Bracket(fails, memorizes), max_prompt_len, start)
-        if prompt_len is None:
-            return list(tried)
+    while (prompt_len := next_prompt_len(bracket_from(tried), max_prompt_len, start)) is not None:
         tried[prompt_len] = prompt_len >= threshold
+    return list(tried)
 
 
 def searched_configs(base: RunConfig, field: str, values, max_prompt_len: int, rows) -> list[RunConfig]:
@@ -88,14 +83,14 @@ def paper_configs(results_dir: Path = Path(__file__).parents[1] / "results") -> 
     base01 = (dataclasses.replace(memorization.base, init_scale=best_setting(scanned, "init_scale"))
               if len(scanned) == len(scan01) else memorization.base)
     search_max = memorization.search_max_prompt_len
+    runs01 = (scan01 + [config for labels in memorization.label_kinds for config in searched_configs(
+        dataclasses.replace(base01, labels=labels), "n", memorization.n_values, search_max, rows01)]
+        + searched_configs(dataclasses.replace(base01, n=memorization.seq_len_n, labels="random"), "seq_len",
+                           memorization.seq_lens, search_max, rows01))
     base03 = dataclasses.replace(low_rank.base, n=low_rank.n, dataset="low_rank")
     return {
-        # the N panel's runs at N = 8 are the n searches' (one run per config)
-        "01_memorization_curves": list({config.config_id: config for config in scan01
-        + [config for labels in memorization.label_kinds for config in searched_configs(
-            dataclasses.replace(base01, labels=labels), "n", memorization.n_values, search_max, rows01)]
-        + searched_configs(dataclasses.replace(base01, n=memorization.seq_len_n, labels="random"), "seq_len",
-                           memorization.seq_lens, search_max, rows01)}.values()),
+        # each config once: the N panel's runs at N = 8 are the n searches'
+        "01_memorization_curves": list({config.config_id: config for config in runs01}.values()),
         "02_generation_tradeoff": profiles.init_scale_scan(generation)
         + grid(generation.base, labels=generation.label_kinds, n=generation.n_values,
                prompt_len=generation.prompt_lengths, generation_steps=generation.generation_steps),

@@ -43,6 +43,11 @@ def bracket_of(rows: pd.DataFrame, base: RunConfig, max_prompt_len: int, target:
     finished = {} if rows.empty else {ids[row.config_id]: row.final_accuracy >= target - 1e-9
                                       for row in rows.itertuples()
                                       if row.config_id in ids and (among is None or row.config_id in among)}
+    return bracket_from(finished)
+
+
+def bracket_from(finished: dict[int, bool]) -> Bracket:
+    """The bracket of finished prompt lengths, each mapped to whether it memorized."""
     memorizes = min((p for p, memorized in finished.items() if memorized), default=None)
     fails = max((p for p, memorized in finished.items() if not memorized and (memorizes is None or p < memorizes)),
                 default=0)
