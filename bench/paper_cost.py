@@ -21,13 +21,12 @@ import argparse
 import dataclasses
 import importlib.util
 import json
-import math
 from pathlib import Path
 
 from promptmem import profiles
 from promptmem.configs import RunConfig, grid
 from promptmem.provenance import PROVENANCE
-from promptmem.search import bracket_from, bracket_of, next_prompt_len
+from promptmem.search import bracket_from, bracket_of, grown_guess, next_prompt_len
 from promptmem.store import ResultsStore
 from promptmem.tables import best_setting, duration
 
@@ -58,18 +57,16 @@ def searched_prompt_lengths(threshold: int, max_prompt_len: int, start: int) -> 
 
 def searched_configs(base: RunConfig, field: str, values, max_prompt_len: int, rows) -> list[RunConfig]:
     """The runs of notebook 01's search along `field` (n or seq_len) from `base`: each value's threshold as `rows`
-    hold it exactly, or the previous threshold times the growth of `field`, rounded up."""
-    configs, start, threshold, previous = [], 1, 1, None
+    hold it exactly, or else the search's own first guess (the previous threshold grown with `field`)."""
+    configs, threshold, previous = [], 1, None
     for value in sorted(values):
         setting = dataclasses.replace(base, **{field: value})
         found = bracket_of(rows, setting, max_prompt_len)
-        if found.exact:
-            threshold = found.memorizes
-        elif previous is not None:
-            threshold = min(max_prompt_len, math.ceil(threshold * value / previous))
+        guess = 1 if previous is None else grown_guess(threshold, previous, value, max_prompt_len)
+        threshold = found.memorizes if found.exact else guess
         configs += [dataclasses.replace(setting, prompt_len=p)
-                    for p in searched_prompt_lengths(threshold, max_prompt_len, start)]
-        start, previous = threshold, value
+                    for p in searched_prompt_lengths(threshold, max_prompt_len, guess)]
+        previous = value
     return configs
 
 

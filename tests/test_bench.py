@@ -123,10 +123,11 @@ def test_the_paper_cost_counts_every_training_notebook(capsys):
 
 
 def test_the_paper_cost_replays_the_search_notebook_01_runs():
-    # what promptmem.search ran at n = 2500 with IMDb labels (start 4, the threshold at n = 1600; p = 6 memorizes)
+    # IMDb labels at n = 2500 (p = 6 memorizes, 5 fails): from the guess 4 * 2500 / 1600 -> 7, stepping down; from a
+    # guess below the threshold (4, the threshold at n = 1600), doubling, then bisection
+    assert paper_cost.searched_prompt_lengths(6, 32, start=7) == [7, 6, 5]
     assert paper_cost.searched_prompt_lengths(6, 32, start=4) == [4, 8, 6, 5]
     assert paper_cost.searched_prompt_lengths(1, 32, start=1) == [1]
-    assert paper_cost.searched_prompt_lengths(3, 32, start=4) == [4, 3, 1, 2]  # the start memorizes: one below, bisect
     assert paper_cost.searched_prompt_lengths(40, 32, start=1) == [1, 2, 4, 8, 16, 32]  # none memorizes up to the cap
 
 
@@ -137,8 +138,9 @@ def test_the_paper_cost_takes_exact_thresholds_from_results_and_grows_the_rest_w
                          for p, accuracy in finished.items()])
     configs = paper_cost.searched_configs(base, "n", [200, 100], 32, rows)
     runs = [(config.n, config.prompt_len) for config in configs]
-    # n = 100: from 1, doubling to 4, then bisecting to 3 (2 fails); n = 200 assumed at 3 * 200 / 100 = 6, from 3
-    assert runs == [(100, 1), (100, 2), (100, 4), (100, 3), (200, 3), (200, 6), (200, 4), (200, 5)]
+    # n = 100: from 1, doubling to 4, then bisecting to 3 (2 fails); n = 200 assumed at the search's guess,
+    # 3 * 200 / 100 = 6, which memorizes, and 5 fails
+    assert runs == [(100, 1), (100, 2), (100, 4), (100, 3), (200, 6), (200, 5)]
 
 
 def test_the_paper_cost_shows_what_a_committed_medium_run_took(tmp_path, capsys):

@@ -1,4 +1,5 @@
-"""The smallest memorizing prompt on the integers: doubling, then bisection, resumable from the results file."""
+"""The smallest memorizing prompt on the integers: a guess, doubling, then bisection (or one step down at a time from a
+guess that memorizes), resumable from the results file."""
 
 import dataclasses
 
@@ -62,9 +63,9 @@ def test_no_memorizing_prompt_up_to_the_limit_and_a_first_guess(tmp_path, thresh
     assert ran == [1, 2, 4, 8, 12]
     ran.clear()
     threshold["p"] = 3
-    assert smallest_memorizing_prompt(TINY, tmp_path / "b.csv", max_prompt_len=32, start=8,
+    assert smallest_memorizing_prompt(TINY, tmp_path / "b.csv", max_prompt_len=32, start=5,
                                       progress=False) == Bracket(2, 3)
-    assert ran == [8, 7, 3, 1, 2]  # one below the first guess, then bisection
+    assert ran == [5, 4, 3, 2]  # a guess that memorizes: one step down at a time until a run fails
     ran.clear()
     assert smallest_memorizing_prompt(TINY, tmp_path / "c.csv", max_prompt_len=32, start=3,
                                       progress=False) == Bracket(2, 3)
@@ -76,7 +77,7 @@ def test_a_failing_run_above_a_memorizing_one_does_not_move_the_bracket(tmp_path
     threshold["rule"] = lambda config: config.prompt_len in (6, 7)  # not monotone: 8 fails although 6 memorizes
     path = tmp_path / "r.csv"
     assert smallest_memorizing_prompt(TINY, path, max_prompt_len=32, start=7, progress=False) == Bracket(5, 6)
-    assert ran == [7, 6, 3, 4, 5]
+    assert ran == [7, 6, 5]
     sweeps.run_sweep([dataclasses.replace(TINY, prompt_len=8)], path, progress=False)
     assert bracket(TINY, path, 32) == Bracket(5, 6)  # the failing 8 lies above the smallest memorizing length
     assert next_prompt_len(Bracket(0, 1), 32) is None  # p = 1 memorizes: nothing shorter exists
@@ -108,7 +109,7 @@ def test_recompute_trains_every_step_anew_and_reads_only_its_own_runs(tmp_path, 
     assert ran == [1, 2, 4, 3]  # the stored 5 and 6 were not taken as finished
 
 
-def test_searches_along_n_start_at_the_previous_threshold(tmp_path, threshold_runs):
+def test_searches_along_n_start_at_the_previous_threshold_grown_with_n(tmp_path, threshold_runs):
     ran, threshold = threshold_runs
     threshold["rule"] = lambda config: config.prompt_len >= {32: 2, 48: 2, 64: 5}[config.n]
     brackets, rows = search.smallest_memorizing_prompts(TINY, tmp_path / "r.csv", "n", [64, 32, 48], 32,
@@ -116,8 +117,10 @@ def test_searches_along_n_start_at_the_previous_threshold(tmp_path, threshold_ru
     assert brackets.to_dict("records") == [{"n": 32, "fails": 1, "memorizes": 2, "exact": True},
                                            {"n": 48, "fails": 1, "memorizes": 2, "exact": True},
                                            {"n": 64, "fails": 4, "memorizes": 5, "exact": True}]
-    assert ran == [1, 2, 2, 1, 2, 4, 8, 6, 5]  # each n starts at the last one's threshold
-    assert list(zip(rows.n, rows.prompt_len)) == [(32, 1), (32, 2), (48, 1), (48, 2), (64, 2), (64, 4), (64, 5),
-                                                  (64, 6), (64, 8)]
+    # n = 48 starts at 2 * 48 / 32 = 3 (memorizes: down to 1, which fails); n = 64 at 2 * 64 / 48 -> 3 (fails: doubling)
+    assert ran == [1, 2, 3, 2, 1, 3, 6, 4, 5]
+    assert list(zip(rows.n, rows.prompt_len)) == [(32, 1), (32, 2), (48, 1), (48, 2), (48, 3), (64, 3), (64, 4),
+                                                  (64, 5), (64, 6)]
+    assert search.grown_guess(6, 2500, 3600, 32) == 9 and search.grown_guess(20, 100, 200, 32) == 32  # capped
     with pytest.raises(ValueError, match="field must name"):
         search.smallest_memorizing_prompts(TINY, tmp_path / "r.csv", "prompt_len", [1], 32)

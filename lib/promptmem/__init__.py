@@ -18,7 +18,7 @@ Modules, each one concern (each imports only modules listed above it):
                 it, re-plot mode
     chunking    which configs share a batched pass, and chunks of them by memory and prompt length
     sweeps      running configs: one alone, or a sweep that skips finished ones (batched on a GPU)
-    search      the smallest memorizing prompt of a setting on the integers: doubling, then bisection, resumable;
+    search      the smallest memorizing prompt of a setting on the integers: a guess, doubling, bisection, resumable;
                 its brackets along n or N, searched or read off a grid
     capacity    bits a trained prompt stores about random labels (likelihood and hard-decision views); capacity
                 curves along n, their plateau or rate; the anchors (Morris et al., the perceptron)

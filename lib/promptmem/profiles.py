@@ -63,7 +63,7 @@ class MemorizationSettings:
     prompt_lengths: tuple[int, ...]  # the grid the smallest memorizing p is read off, or (searching) the ticks
     label_kinds: tuple[str, ...] = ("true", "random")
     # None: read the smallest memorizing p off the grid; an integer: search it on the integers 1…this
-    # (promptmem.search: doubling from the last n's threshold, then bisection), in panels (a)-(b) and (c)
+    # (promptmem.search: from the last n's threshold grown with n, then bisection), in panels (a)-(b) and (c)
     search_max_prompt_len: int | None = None
     # panel (c): N at a fixed n
     seq_lens: tuple[int, ...] = (4, 8, 16)

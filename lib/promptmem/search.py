@@ -1,12 +1,16 @@
 """The smallest memorizing prompt of a setting on the integers, not read off a fixed grid: accuracy rises with the
-prompt length p, so the search doubles p until a run memorizes, then bisects between the largest p that fails and the
-smallest that memorizes. Every run is an ordinary sweep row, so a search resumes from the results file (each step
-is derived from the finished rows alone) and a rerun recomputes nothing."""
+prompt length p, so the search starts at a guess, doubles p until a run memorizes, then bisects between the largest p
+that fails and the smallest that memorizes; where the guess memorizes, it steps down one at a time until a run fails
+(a memorizing run stops early, a failing one runs its whole epoch budget, so a good guess is cheapest approached from
+above). Along n (or N) each value's guess is the last threshold grown in proportion to the value. Every run is an
+ordinary sweep row, so a search resumes from the results file (each step is derived from the finished rows alone) and
+a rerun recomputes nothing. The guesses change what a search costs, not the bracket it finds."""
 
 from __future__ import annotations
 
 import dataclasses
 import itertools
+import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -55,16 +59,23 @@ def bracket_from(finished: dict[int, bool]) -> Bracket:
 
 
 def next_prompt_len(found: Bracket, max_prompt_len: int, start: int = 1) -> int | None:
-    """The prompt length to run next, or None when the search is over: `start` first, then doubling the largest
-    failing length (capped at max_prompt_len) until one memorizes; where `start` itself memorizes, one below it (a
-    good first guess is usually the threshold); then the middle of the bracket."""
+    """The prompt length to run next, or None when the search is over: `start` first (unless a length at or above it
+    has failed), then doubling the largest failing length (capped at max_prompt_len) until one memorizes; while
+    nothing has failed and the smallest memorizing length is at most `start`, one below it; then the middle of the
+    bracket."""
     if found.exact or (found.memorizes is None and found.fails >= max_prompt_len) or found.memorizes == 1:
         return None
     if found.memorizes is None:
-        return start if found.fails == 0 else min(2 * found.fails, max_prompt_len)
-    if found.fails == 0 and found.memorizes == start:
-        return start - 1
+        return start if found.fails < start else min(2 * found.fails, max_prompt_len)
+    if found.fails == 0 and found.memorizes <= start:
+        return found.memorizes - 1
     return (found.fails + found.memorizes) // 2
+
+
+def grown_guess(threshold: int, value: int, next_value: int, max_prompt_len: int) -> int:
+    """The first guess at `next_value` of n (or N) from the smallest memorizing prompt length at `value`: grown in
+    proportion to the value (as the thresholds measured so far have grown), rounded up, capped at max_prompt_len."""
+    return min(max_prompt_len, math.ceil(threshold * next_value / value))
 
 
 def smallest_memorizing_prompt(base: RunConfig, results_path: str | os.PathLike, max_prompt_len: int, *,
@@ -95,20 +106,21 @@ def smallest_memorizing_prompts(base: RunConfig, results_path: str | os.PathLike
                                 values: Sequence, max_prompt_len: int, *, target: float = 1.0,
                                 recompute: bool = False, **sweep_options) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The search at each value of `field` (n, seq_len) in ascending order, each starting at the previous value's
-    smallest memorizing prompt (a larger n or N should not need a shorter one; where it does, the search still finds
-    it). Returns the brackets (one row per value: `field`, fails, memorizes, exact) and the rows of every run the
-    searches made, ordered by value and prompt length."""
+    smallest memorizing prompt grown in proportion to the value (`grown_guess`; where the growth is slower, the
+    search steps down to the threshold). Returns the brackets (one row per value: `field`, fails, memorizes, exact)
+    and the rows of every run the searches made, ordered by value and prompt length."""
     if not hasattr(base, field) or field == "prompt_len":
         raise ValueError(f"field must name a RunConfig field other than prompt_len, got {field!r}")
     settings = [dataclasses.replace(base, **{field: value}) for value in sorted(values)]
     for setting in settings:  # every setting's longest prompt fits, before any run
         dataclasses.replace(setting, prompt_len=max_prompt_len).validate()
     brackets, start = [], 1
-    for setting in settings:
+    for setting, following in zip(settings, [*settings[1:], None]):
         found = smallest_memorizing_prompt(setting, results_path, max_prompt_len, start=start, target=target,
                                            recompute=recompute, **sweep_options)
         brackets.append({field: getattr(setting, field), **_bracket_fields(found)})
-        start = found.memorizes or start
+        if found.memorizes and following is not None:
+            start = grown_guess(found.memorizes, getattr(setting, field), getattr(following, field), max_prompt_len)
     ids = {dataclasses.replace(setting, prompt_len=p).config_id for setting in settings
            for p in range(1, max_prompt_len + 1)}
     rows = ResultsStore(results_path).load()
