@@ -81,6 +81,8 @@ def test_a_failing_run_above_a_memorizing_one_does_not_move_the_bracket(tmp_path
     sweeps.run_sweep([dataclasses.replace(TINY, prompt_len=8)], path, progress=False)
     assert bracket(TINY, path, 32) == Bracket(5, 6)  # the failing 8 lies above the smallest memorizing length
     assert next_prompt_len(Bracket(0, 1), 32) is None  # p = 1 memorizes: nothing shorter exists
+    assert next_prompt_len(Bracket(6, 12), 32, start=9) == 9  # a guess inside the bracket goes before its middle
+    assert next_prompt_len(Bracket(6, None), 32, start=9) == 9 and next_prompt_len(Bracket(9, None), 32, start=9) == 18
 
 
 @pytest.mark.parametrize("options, message", [(dict(max_prompt_len=0), "max_prompt_len"),

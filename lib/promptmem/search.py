@@ -59,14 +59,15 @@ def bracket_from(finished: dict[int, bool]) -> Bracket:
 
 
 def next_prompt_len(found: Bracket, max_prompt_len: int, start: int = 1) -> int | None:
-    """The prompt length to run next, or None when the search is over: `start` first (unless a length at or above it
-    has failed), then doubling the largest failing length (capped at max_prompt_len) until one memorizes; while
-    nothing has failed and the smallest memorizing length is at most `start`, one below it; then the middle of the
-    bracket."""
+    """The prompt length to run next, or None when the search is over: `start` first, wherever it lies inside the
+    bracket; then doubling the largest failing length (capped at max_prompt_len) until one memorizes; while nothing
+    has failed and the smallest memorizing length is at most `start`, one below it; then the middle of the bracket."""
     if found.exact or (found.memorizes is None and found.fails >= max_prompt_len) or found.memorizes == 1:
         return None
+    if found.fails < start and (found.memorizes is None or start < found.memorizes):
+        return start
     if found.memorizes is None:
-        return start if found.fails < start else min(2 * found.fails, max_prompt_len)
+        return min(2 * found.fails, max_prompt_len)
     if found.fails == 0 and found.memorizes <= start:
         return found.memorizes - 1
     return (found.fails + found.memorizes) // 2
