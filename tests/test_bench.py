@@ -128,6 +128,7 @@ def test_the_paper_cost_replays_the_search_notebook_01_runs():
     assert paper_cost.searched_prompt_lengths(6, 32, start=7) == [7, 6, 5]
     assert paper_cost.searched_prompt_lengths(6, 32, start=4) == [4, 8, 6, 5]
     assert paper_cost.searched_prompt_lengths(1, 32, start=1) == [1]
+    assert paper_cost.searched_prompt_lengths(3, 32, start=4) == [4, 3, 2]  # the start memorizes: down until one fails
     assert paper_cost.searched_prompt_lengths(40, 32, start=1) == [1, 2, 4, 8, 16, 32]  # none memorizes up to the cap
 
 

@@ -63,9 +63,9 @@ def test_no_memorizing_prompt_up_to_the_limit_and_a_first_guess(tmp_path, thresh
     assert ran == [1, 2, 4, 8, 12]
     ran.clear()
     threshold["p"] = 3
-    assert smallest_memorizing_prompt(TINY, tmp_path / "b.csv", max_prompt_len=32, start=5,
+    assert smallest_memorizing_prompt(TINY, tmp_path / "b.csv", max_prompt_len=32, start=8,
                                       progress=False) == Bracket(2, 3)
-    assert ran == [5, 4, 3, 2]  # a guess that memorizes: one step down at a time until a run fails
+    assert ran == [8, 7, 6, 5, 4, 3, 2]  # a guess that memorizes: one step down at a time until a run fails
     ran.clear()
     assert smallest_memorizing_prompt(TINY, tmp_path / "c.csv", max_prompt_len=32, start=3,
                                       progress=False) == Bracket(2, 3)
