@@ -57,3 +57,47 @@ def test_bad_theory_arguments_are_refused():
         theory.hu_memorization_lower_bound_proxy(2, 3, 1.5)
     with pytest.raises(ValueError, match="degree"):
         theory.feature_rank(3, -1)
+
+
+def test_exponent_range_of_brackets_worked_by_hand():
+    from promptmem.theory import power_law_exponent_range
+
+    # p = 1 memorizes n = 400 and p = 3 fails at n = 1600: p ∝ √n would need at most 2 there
+    low, high = power_law_exponent_range([400, 1600], [0, 3], [1, 4])
+    assert np.isclose(low, np.log(3) / np.log(4)) and high == np.inf  # nothing failed at 400: no upper bound
+    low, high = power_law_exponent_range([400, 800, 1600], [0, 1, 3], [1, 2, 4])
+    assert np.isclose(low, np.log(3) / np.log(4)) and np.isclose(high, 2.0)  # 800 → 1600: 4 / 1 over a doubling
+    # never memorized (NaN) bounds nothing from above; flat thresholds bound the exponent around 0
+    assert power_law_exponent_range([4, 8, 16], [3, 3, 3], [4, 4, 4]) == pytest.approx(
+        (-np.log(4 / 3) / np.log(4), np.log(4 / 3) / np.log(4)))
+    assert power_law_exponent_range([400, 1600], [1, 3], [2, np.nan])[1] == np.inf
+
+
+def test_exponent_range_contains_the_truth_and_is_empty_when_no_power_law_fits():
+    from promptmem.theory import power_law_exponent_range
+
+    n = np.array([400, 800, 1600, 2500, 3600])
+    threshold = np.ceil(0.05 * n ** 0.5 * 10)  # integer thresholds of a true √n law
+    low, high = power_law_exponent_range(n, threshold - 1, threshold)
+    assert low < 0.5 < high and high - low < 0.5
+    low, high = power_law_exponent_range([400, 1600], [3, 1], [4, 2])  # a larger n needs a shorter prompt, and less
+    assert low < high < 0  # ... which a decreasing power law fits
+    low, high = power_law_exponent_range([400, 800, 1600], [0, 5, 1], [1, 6, 2])  # up then down: nothing fits
+    assert low >= high
+
+
+def test_exponent_range_agrees_with_a_brute_force_search():
+    from promptmem.theory import power_law_exponent_range
+
+    rng = np.random.default_rng(0)
+    exponents = np.linspace(-3, 3, 6001)
+    for _ in range(50):
+        x = np.sort(rng.choice(np.arange(2, 200), size=4, replace=False)).astype(float)
+        fails = rng.integers(0, 8, size=4).astype(float)
+        memorizes = fails + rng.integers(1, 4, size=4)
+        low, high = power_law_exponent_range(x, fails, memorizes)
+        # a power law with exponent a fits when some c clears every lower end and stays under every upper end
+        fits = [np.max(fails / x ** a) < np.min(memorizes / x ** a) for a in exponents]
+        inside = (exponents > low + 1e-6) & (exponents < high - 1e-6)
+        outside = (exponents < low - 1e-6) | (exponents > high + 1e-6)
+        assert np.all(np.array(fits)[inside]) and not np.any(np.array(fits)[outside])

@@ -7,6 +7,7 @@ Constants hidden by O(.) are parameters, 1 by default.
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -114,6 +115,29 @@ def fit_power_law(x, y) -> tuple[float, float]:
         return float("nan"), float("nan")
     exponent, log_constant = np.polyfit(np.log(x[keep]), np.log(y[keep]), 1)
     return float(exponent), float(np.exp(log_constant))
+
+
+def power_law_exponent_range(x, fails, memorizes) -> tuple[float, float]:
+    """The exponents a of every power law y = c · x^a (any c > 0) that passes through every bracket fails_i < y_i ≤
+    memorizes_i: the open interval (low, high), empty when low ≥ high (no power law fits them all).
+
+    Integer thresholds make a least-squares exponent hinge on one grid step; the brackets bound it without a fit.
+    A power law fits every bracket exactly when f_i / x_i^a < m_j / x_j^a for every pair i, j, and each pair bounds a
+    from one side: from above where x_i < x_j, from below where x_i > x_j. fails 0 (nothing failed) and memorizes NaN or
+    None (nothing memorized) bound nothing.
+    """
+    x, fails = _array(x), _array(fails)
+    memorizes = np.array([np.inf if m is None or np.isnan(m) else m for m in memorizes], dtype=float)
+    low, high = -np.inf, np.inf
+    for i, j in itertools.permutations(range(len(x)), 2):
+        if x[i] == x[j] or fails[i] <= 0 or not np.isfinite(memorizes[j]):
+            continue
+        bound = math.log(memorizes[j] / fails[i]) / math.log(x[j] / x[i])
+        if x[i] < x[j]:
+            high = min(high, bound)
+        else:
+            low = max(low, bound)
+    return float(low), float(high)
 
 
 def sublinear(exponent: float) -> bool:
