@@ -114,6 +114,22 @@ def test_min_prompt_length_per_setting():
     assert table.max_prompt_len_tried.tolist() == [4, 4, 4]
 
 
+def test_prompt_length_brackets_give_both_ends_of_each_threshold():
+    from promptmem.tables import prompt_length_brackets
+
+    results = pd.DataFrame({
+        "method": ["prompt"] * 9 + ["scratch"],
+        "n": [10, 10, 10, 20, 20, 20, 20, 30, 30, 10],
+        "prompt_len": [1, 2, 4, 1, 3, 4, 8, 2, 4, 0],
+        # n = 20: p = 8 falls short above the threshold 4 (noise), which is not the bracket's lower end
+        "final_accuracy": [1.0, 1.0, 1.0, 0.7, 0.9, 1.0, 0.99, 0.8, 0.95, 0.5],
+    })
+    table = prompt_length_brackets(results, by=["n"])
+    assert table.n.tolist() == [10, 20, 30]
+    assert table.max_failing_prompt_len.tolist() == [0, 3, 4]  # none failed; below the threshold; none memorized
+    assert table.min_prompt_len.tolist()[:2] == [1, 4] and pd.isna(table.min_prompt_len.iloc[2])
+
+
 def test_best_setting_prefers_accuracy_then_speed():
     scan = pd.DataFrame({"init_scale": [0.02, 0.3, 1.0, 3.0], "final_accuracy": [0.6, 1.0, 1.0, 0.9],
                          "epochs_run": [100, 40, 20, 100]})

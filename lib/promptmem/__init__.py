@@ -44,8 +44,8 @@ from .rows import device_name
 from .store import ResultsStore, read_results, stored_table
 from .search import Bracket, prompt_length_runs, smallest_memorizing_prompt, smallest_memorizing_prompts
 from .sweeps import run_config, run_sweep
-from .tables import (best_setting, evaluation_curves, min_prompt_length, prompt_bounds, shortest_memorizing,
-                     show_training)
+from .tables import (best_setting, evaluation_curves, min_prompt_length, prompt_bounds, prompt_length_brackets,
+                     shortest_memorizing, show_training)
 from .training import select_precision, train
 
 __version__ = "0.1.0"

@@ -34,6 +34,20 @@ def min_prompt_length(results: pd.DataFrame, by: list[str], target: float = 1.0,
     return pd.DataFrame(rows)
 
 
+def prompt_length_brackets(results: pd.DataFrame, by: list[str], target: float = 1.0,
+                           column: str = "final_accuracy") -> pd.DataFrame:
+    """`min_prompt_length` with each threshold's other end, `max_failing_prompt_len`: the largest prompt length below
+    it that falls short of `target` (0 where none ran; below the largest tried where none reached it), so that the
+    threshold lies in (max_failing_prompt_len, min_prompt_len]."""
+    runs = results[results["method"] == "prompt"] if "method" in results.columns else results
+    needed = min_prompt_length(runs, by, target, column)
+    short = runs[runs[column] < target - 1e-9].merge(needed[[*by, "min_prompt_len"]], on=by)
+    short = short[~(short.prompt_len >= short.min_prompt_len)]  # NaN (none reached it): every run counts
+    failing = short.groupby(by).prompt_len.max().rename("max_failing_prompt_len").reset_index()
+    needed = needed.merge(failing, on=by, how="left")
+    return needed.assign(max_failing_prompt_len=needed.max_failing_prompt_len.fillna(0).astype(int))
+
+
 def evaluation_curves(rows: pd.DataFrame, keep: list[str]) -> pd.DataFrame:
     """The accuracy curves of runs with `eval_every`: one row per run and evaluated epoch (columns epoch,
     train_accuracy, test_accuracy), with the run's columns `keep` beside them."""
