@@ -138,9 +138,3 @@ def power_law_exponent_range(x, fails, memorizes) -> tuple[float, float]:
         else:
             low = max(low, bound)
     return float(low), float(high)
-
-
-def sublinear(exponent: float) -> bool:
-    """Whether a fitted exponent is below 1 at the two decimals reported: p doubling exactly with n on a power-of-two
-    grid fits 1 - 1e-15, which is linear growth, not sublinear. NaN (no fit) is not sublinear."""
-    return round(exponent, 2) < 1
