@@ -95,3 +95,14 @@ def test_exponent_range_agrees_with_a_brute_force_search():
         inside = (exponents > low + 1e-6) & (exponents < high - 1e-6)
         outside = (exponents < low - 1e-6) | (exponents > high + 1e-6)
         assert np.all(np.array(fits)[inside]) and not np.any(np.array(fits)[outside])
+
+
+def test_exponent_range_refuses_malformed_brackets():
+    from promptmem.theory import power_law_exponent_range
+
+    with pytest.raises(ValueError, match="one entry per point"):
+        power_law_exponent_range([1, 2], [0], [1, 2])
+    with pytest.raises(ValueError, match="fails < memorizes"):
+        power_law_exponent_range([1, 2], [0, 3], [1, 2])
+    with pytest.raises(ValueError, match="x must be positive"):
+        power_law_exponent_range([0, 2], [0, 1], [1, 2])

@@ -128,6 +128,12 @@ def power_law_exponent_range(x, fails, memorizes) -> tuple[float, float]:
     """
     x, fails = _array(x), _array(fails)
     memorizes = np.array([np.inf if m is None or np.isnan(m) else m for m in memorizes], dtype=float)
+    if not len(x) == len(fails) == len(memorizes):
+        raise ValueError(f"x, fails and memorizes must have one entry per point, got {len(x)}, {len(fails)} and "
+                         f"{len(memorizes)}")
+    if not (x > 0).all() or (fails < 0).any() or not (fails < memorizes).all():
+        raise ValueError("x must be positive and each bracket must satisfy 0 <= fails < memorizes, got "
+                         f"x={x.tolist()}, fails={fails.tolist()}, memorizes={memorizes.tolist()}")
     low, high = -np.inf, np.inf
     for i, j in itertools.permutations(range(len(x)), 2):
         if x[i] == x[j] or fails[i] <= 0 or not np.isfinite(memorizes[j]):
