@@ -97,6 +97,21 @@ def test_exponent_range_agrees_with_a_brute_force_search():
         assert np.all(np.array(fits)[inside]) and not np.any(np.array(fits)[outside])
 
 
+def test_exponent_range_reads_a_theory_exponent_and_linear_growth():
+    from promptmem.theory import ExponentRange, power_law_exponent_range
+
+    medium = power_law_exponent_range([400, 800, 1600], [0, 1, 3], [1, 2, 4])  # (0.79, 2.00)
+    assert not medium.admits(0.5) and medium.admits(1) and not medium.below(1)
+    assert medium.describe() == ("every power law through the brackets has an exponent in n in (0.79, 2.00): "
+                                 "excludes the theory's 0.5, admits linear growth")
+    sqrt_like = ExponentRange(0.4, 1.0)  # open at 1: linear growth itself fails a bracket
+    assert sqrt_like.admits(0.5) and sqrt_like.below(1) and not sqrt_like.below(0.9)
+    assert "in N in (0.40, 1.00): admits the theory's 0.5, excludes linear growth" in sqrt_like.describe(variable="N")
+    empty = ExponentRange(0.6, 0.6)
+    assert empty.empty and not empty.admits(0.6) and not empty.below(1)
+    assert empty.describe() == "no single power law passes through every bracket"
+
+
 def test_exponent_range_refuses_malformed_brackets():
     from promptmem.theory import power_law_exponent_range
 

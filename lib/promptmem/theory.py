@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from typing import NamedTuple
 
 import numpy as np
 
@@ -117,7 +118,32 @@ def fit_power_law(x, y) -> tuple[float, float]:
     return float(exponent), float(np.exp(log_constant))
 
 
-def power_law_exponent_range(x, fails, memorizes) -> tuple[float, float]:
+class ExponentRange(NamedTuple):
+    """The open interval (low, high) of exponents a of every power law through a set of brackets (empty when
+    low >= high), and what it says about a theory's exponent and about linear growth."""
+    low: float
+    high: float
+
+    @property
+    def empty(self) -> bool:
+        return not self.low < self.high
+
+    def admits(self, exponent: float) -> bool:
+        return self.low < exponent < self.high
+
+    def below(self, exponent: float) -> bool:
+        """Every power law through the brackets grows slower than x^exponent (open at high: high itself fails)."""
+        return not self.empty and self.high <= exponent + 1e-9
+
+    def describe(self, theory_exponent: float = 0.5, variable: str = "n") -> str:
+        if self.empty:
+            return "no single power law passes through every bracket"
+        return (f"every power law through the brackets has an exponent in {variable} in ({self.low:.2f}, "
+                f"{self.high:.2f}): {'admits' if self.admits(theory_exponent) else 'excludes'} the theory's "
+                f"{theory_exponent:g}, {'excludes' if self.below(1) else 'admits'} linear growth")
+
+
+def power_law_exponent_range(x, fails, memorizes) -> ExponentRange:
     """The exponents a of every power law y = c · x^a (any c > 0) that passes through every bracket fails_i < y_i ≤
     memorizes_i: the open interval (low, high), empty when low ≥ high (no power law fits them all).
 
@@ -143,4 +169,4 @@ def power_law_exponent_range(x, fails, memorizes) -> tuple[float, float]:
             high = min(high, bound)
         else:
             low = max(low, bound)
-    return float(low), float(high)
+    return ExponentRange(float(low), float(high))
