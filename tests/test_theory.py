@@ -112,6 +112,20 @@ def test_exponent_range_reads_a_theory_exponent_and_linear_growth():
     assert empty.describe() == "no single power law passes through every bracket"
 
 
+def test_log_power_range_finds_the_log_factors_of_a_true_law():
+    from promptmem.theory import log_power_range
+
+    n = np.array([400, 800, 1600, 2500, 3600])
+    threshold = np.ceil(0.002 * np.sqrt(n) * np.log(n) ** 3)  # integer thresholds of c · √n · ln³ n
+    low, high = log_power_range(n, threshold - 1, threshold)
+    assert low < 3 < high
+    low, high = log_power_range(n, 0.9 * np.sqrt(n), 1.1 * np.sqrt(n))  # a pure √n law: no log factor
+    assert low < 0 < high
+    assert log_power_range(n, 0.9 * n, 1.1 * n, exponent=1).admits(0)
+    with pytest.raises(ValueError, match="n must be above 1"):
+        log_power_range([1, 4], [0, 1], [1, 2])
+
+
 def test_exponent_range_refuses_malformed_brackets():
     from promptmem.theory import power_law_exponent_range
 

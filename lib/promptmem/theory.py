@@ -170,3 +170,16 @@ def power_law_exponent_range(x, fails, memorizes) -> ExponentRange:
         else:
             low = max(low, bound)
     return ExponentRange(float(low), float(high))
+
+
+def log_power_range(n, fails, memorizes, exponent: float = 0.5) -> ExponentRange:
+    """The powers k of every law y = c · n^exponent · (ln n)^k (any c > 0) through every bracket fails_i < y_i <=
+    memorizes_i: how many log factors an Õ(n^exponent) rate would need to hide to fit the brackets.
+
+    Dividing by n^exponent makes it a power law in ln n, so this is `power_law_exponent_range` on (ln n, fails /
+    n^exponent, memorizes / n^exponent). Needs every n > 1 (ln n > 0)."""
+    n = _array(n)
+    if not (n > 1).all():
+        raise ValueError(f"n must be above 1 (ln n > 0), got {n.tolist()}")
+    scale = n ** exponent
+    return power_law_exponent_range(np.log(n), _array(fails) / scale, _array(memorizes) / scale)
