@@ -40,7 +40,8 @@ from promptmem.chunking import default_tokens_per_pass, plan_chunks
 from promptmem.configs import RunConfig, grid
 from promptmem.rows import device_file_stem, device_name
 from promptmem.sweeps import run_sweep
-from promptmem.training import autocast, cpu_has_native_bf16, default_chunk_rows, select_precision, train
+from promptmem.training import (autocast, cpu_has_native_bf16, default_chunk_rows, default_device, select_precision,
+                                train)
 
 SHAPES = {"2-layer width 512": dict(num_layers=2, hidden_size=512, num_heads=8, ffn_size=2048),
           "RoBERTa-base": dict(num_layers=12, hidden_size=768, num_heads=12, ffn_size=3072)}
@@ -306,7 +307,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--out", default=str(Path(__file__).parent / "results"), help="folder for <device>.json")
     parser.add_argument("--smoke", action="store_true", help="tiny shapes, a few steps: checks that it runs")
     arguments = parser.parse_args(argv)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = default_device()
     smoke, on_cpu = arguments.smoke, device.type == "cpu"
     steps = 1 if smoke else 3 if on_cpu else 20
     peak_precision = best_precision(device)

@@ -5,6 +5,11 @@ import torch
 
 from promptmem import data
 from promptmem.backbones import random_backbone
+from promptmem.training import DEVICE_ENV
+
+# The suite tests the library's logic on the CPU, as CI runs it, also on a machine with a GPU (where sweeps would batch
+# and every run train in bf16 through Hugging Face's forward); tests of the GPU path name their device.
+os.environ.setdefault(DEVICE_ENV, "cpu")
 
 # Tests that read the real IMDb / SST-2 files and tokenizer; CI points PROMPTMEM_DATA_DIR at the project's copy.
 requires_local_data = pytest.mark.skipif(not os.environ.get(data.DATA_DIR_ENV),

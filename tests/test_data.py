@@ -1,3 +1,5 @@
+import sys
+
 import pandas as pd
 import pytest
 import torch
@@ -58,7 +60,7 @@ def test_n_larger_than_the_dataset_is_refused():
 
 
 def test_no_local_data_and_no_hub_names_the_variable(monkeypatch):
-    import datasets
+    datasets = pytest.importorskip("datasets")  # a declared dependency; GPU images may lack it
 
     monkeypatch.delenv(data.DATA_DIR_ENV, raising=False)
     monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: (_ for _ in ()).throw(ConnectionError("offline")))
@@ -66,8 +68,15 @@ def test_no_local_data_and_no_hub_names_the_variable(monkeypatch):
         data.load_split("imdb", "train")
 
 
+def test_no_local_data_and_no_datasets_package_names_the_variable(monkeypatch):
+    monkeypatch.delenv(data.DATA_DIR_ENV, raising=False)
+    monkeypatch.setitem(sys.modules, "datasets", None)  # `import datasets` raises ImportError
+    with pytest.raises(RuntimeError, match=f"ModuleNotFoundError.*{data.DATA_DIR_ENV}"):
+        data.load_split("sst2", "validation")
+
+
 def test_local_folder_is_used_instead_of_the_hub(monkeypatch, tmp_path):
-    import datasets
+    datasets = pytest.importorskip("datasets")
 
     (tmp_path / "sst2").mkdir()
     pd.DataFrame({"sentence": ["a b ", "c "], "label": [0, 1], "idx": [0, 1]}).to_parquet(

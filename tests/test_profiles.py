@@ -4,14 +4,18 @@ from unittest import mock
 import pytest
 
 from promptmem.profiles import INITIALIZATION, LOW_RANK, MEMORIZATION, PROFILE_ENV, resolve_profile
+from promptmem.training import DEVICE_ENV
 
 
 def test_auto_picks_by_device(monkeypatch):
     monkeypatch.delenv(PROFILE_ENV, raising=False)
+    monkeypatch.delenv(DEVICE_ENV, raising=False)
     with mock.patch("torch.cuda.is_available", return_value=False):
         assert resolve_profile("auto") == "quick"
     with mock.patch("torch.cuda.is_available", return_value=True):
         assert resolve_profile("auto") == "paper"
+        monkeypatch.setenv(DEVICE_ENV, "cpu")  # runs sent to the CPU on a machine with a GPU
+        assert resolve_profile("auto") == "quick"
 
 
 def test_environment_overrides_auto_only(monkeypatch):

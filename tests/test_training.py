@@ -8,7 +8,8 @@ from promptmem import data
 from promptmem.backbones import random_backbone
 from promptmem.model import SoftPromptModel
 from promptmem.reproducibility import RELATIVE_TOLERANCE
-from promptmem.training import CPU_CHUNK_ELEMENTS, default_chunk_rows, evaluate, select_precision, train
+from promptmem.training import (CPU_CHUNK_ELEMENTS, DEVICE_ENV, default_chunk_rows, default_device, evaluate,
+                                select_precision, train)
 from tests.conftest import TINY, interrupt_at_call
 
 
@@ -26,6 +27,28 @@ def test_a_prompt_on_a_causal_model_trains_in_fp32_on_every_device():
     causal_model = SoftPromptModel(random_backbone(architecture="gpt2", seed=0, **TINY), 2, generation_steps=1)
     with mock.patch("torch.cuda.get_device_capability", return_value=(9, 0)):
         assert select_precision("cuda", causal_model) == select_precision("cpu", causal_model) == "fp32"
+
+
+def test_the_device_variable_picks_the_device_and_a_bad_one_is_named(monkeypatch):
+    with mock.patch("torch.cuda.is_available", return_value=True):
+        monkeypatch.setenv(DEVICE_ENV, "cpu")
+        assert default_device() == torch.device("cpu")
+        monkeypatch.setenv(DEVICE_ENV, "cuda:1")
+        assert default_device() == torch.device("cuda", 1)
+        monkeypatch.delenv(DEVICE_ENV)
+        assert default_device() == torch.device("cuda")
+    monkeypatch.setenv(DEVICE_ENV, "gpu")
+    with pytest.raises(ValueError, match=f"{DEVICE_ENV} must be 'cpu', 'cuda' or 'cuda:<index>', got 'gpu'"):
+        default_device()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_a_prompt_trained_on_the_gpu_is_evaluated_on_the_callers_cpu_tensors(tiny_backbone, tiny_data):
+    # train moves the model to the GPU; the caller's data stays on the CPU (failed on an H200, 2026-12-04)
+    model = SoftPromptModel(tiny_backbone, 4, seed=0)
+    result = train(model, tiny_data.inputs, tiny_data.labels, epochs=20, lr=0.05, device="cuda", progress=False)
+    accuracy, loss = evaluate(model, tiny_data.inputs, tiny_data.labels)
+    assert accuracy == pytest.approx(result.final_accuracy) and math.isfinite(loss)
 
 
 def test_cpu_trains_in_fp32():

@@ -134,6 +134,7 @@ def prompt_attention_statistics(model, inputs: torch.Tensor, chunk: int = 512) -
                    exp(Q K^T / d_head) of Hu et al. (Q and K carry d_head^(1/4) of the 1/sqrt(d_head) scaling);
                    layer 1's is the same for every input, deeper layers' depend on the data.
     """
+    inputs = inputs.to(next(model.parameters()).device)  # where the model trained, wherever the caller's data is
     backbone = model.backbone
     encoder = backbone.hf_model.base_model
     heads = backbone.config.num_attention_heads

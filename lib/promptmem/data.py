@@ -77,11 +77,11 @@ def load_split(dataset: str, split: str = "train") -> pd.DataFrame:
     _check_choice("split", split, splits)
     folder = local_data_dir()
     if folder is None:
-        import datasets  # imported here: a slow import only the hub path needs
-
         try:
+            import datasets  # imported here: a slow import only the hub path needs
+
             frame = datasets.load_dataset(hub_id, split=split).to_pandas()
-        except Exception as error:  # no network, hub down, rate limit: all mean "use the local copy"
+        except Exception as error:  # no network, hub down, rate limit, no `datasets`: all mean "use the local copy"
             raise _hub_unreachable(f"{hub_id} ({split})", error) from error
     else:
         path = folder / dataset / f"{split}.parquet"

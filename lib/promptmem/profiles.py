@@ -12,13 +12,12 @@ import dataclasses
 import os
 from dataclasses import dataclass, field
 
-import torch
-
 from .backbones import ENCODER_2X512, MINILM, ROBERTA_BASE, available_checkpoint
 from .configs import RunConfig, checkpoint_base
 from .seq2seq import Seq2SeqConfig
 from .single_layer import SingleLayerConfig
 from .store import ResultsStore
+from .training import default_device
 
 PROFILES = ("auto", "paper", "medium", "quick")
 PROFILE_ENV = "PROMPTMEM_PROFILE"
@@ -36,8 +35,8 @@ def resolve_profile(profile: str = "auto") -> str:
             raise ValueError(f"{PROFILE_ENV} must be one of {PROFILES[1:]}, got {override!r}")
         print(f"profile auto -> {override} (set by {PROFILE_ENV})")
         return override
-    picked = "paper" if torch.cuda.is_available() else "quick"
-    print(f"profile auto -> {picked} ({'a CUDA GPU is' if picked == 'paper' else 'no CUDA GPU is'} available)")
+    picked = "paper" if default_device().type == "cuda" else "quick"
+    print(f"profile auto -> {picked} ({'runs go to a CUDA GPU' if picked == 'paper' else 'runs go to the CPU'})")
     return picked
 
 

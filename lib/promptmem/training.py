@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -101,8 +102,18 @@ def full_batch_gradient(model: nn.Module, inputs: torch.Tensor, labels: torch.Te
     return loss_sum, correct
 
 
+DEVICE_ENV = "PROMPTMEM_DEVICE"
+
+
 def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """`PROMPTMEM_DEVICE` where set ('cpu', 'cuda' or 'cuda:<index>': e.g. a CPU run on a machine with a GPU), else
+    the GPU where CUDA has one, else the CPU."""
+    override = os.environ.get(DEVICE_ENV, "").strip()
+    if not override:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if not re.fullmatch(r"cpu|cuda(:\d+)?", override):
+        raise ValueError(f"{DEVICE_ENV} must be 'cpu', 'cuda' or 'cuda:<index>', got {override!r}")
+    return torch.device(override)
 
 
 @dataclass
@@ -128,8 +139,9 @@ def autocast(device: torch.device, precision: str):
 @torch.no_grad()
 def evaluate(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, *, precision: str = "fp32",
              batch_size: int | None = None) -> tuple[float, float]:
-    """(accuracy, mean cross-entropy) over all pairs."""
-    device = labels.device
+    """(accuracy, mean cross-entropy) over all pairs, computed where the model is (`train` moves it there)."""
+    device = next(model.parameters()).device
+    inputs, labels = inputs.to(device), labels.to(device)
     batch_size = batch_size or len(labels)
     correct, loss_sum = 0, 0.0
     with autocast(device, precision):
