@@ -17,7 +17,6 @@ import pandas as pd
 
 from promptmem.configs import config_from_row
 from promptmem.sweeps import run_sweep
-from promptmem.training import default_device
 
 RESULTS = Path(__file__).parents[1] / "results" / "01_memorization_curves.csv"
 # (labels, n, prompt length): each a committed paper-profile run that failed in bf16 next to its threshold
@@ -41,9 +40,8 @@ def main() -> pd.DataFrame:
     committed = pd.DataFrame([paper_row(rows, *run) for run in FP32_RUNS])
     configs = ([dataclasses.replace(config_from_row(row), precision="fp32") for _, row in committed.iterrows()]
                + [config_from_row(paper_row(rows, *run)) for run in CONTROL_RUNS])
-    device = default_device()
     path = Path(__file__).parent / "results" / "precision-edge.csv"
-    reruns = run_sweep(configs, path, device=device, progress=False, checkpoint_every=25)
+    reruns = run_sweep(configs, path, progress=False, checkpoint_every=25)  # on `default_device()`
     table = pd.concat([committed.assign(precision_used="committed " + committed.precision_used), reruns])
     print(table[REPORTED].sort_values(["labels", "n", "prompt_len", "precision_used"]).to_string(index=False))
     print(f"wrote {path}")

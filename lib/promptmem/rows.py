@@ -74,7 +74,7 @@ def _attention_columns(config: RunConfig, model) -> dict:
     """The trained prompt's attention statistics per layer, as JSON lists ('' for scratch runs and causal models)."""
     if config.method != "prompt" or model.backbone.is_causal:
         return {column: "" for column in ATTENTION_COLUMNS.values()}
-    statistics = prompt_attention_statistics(model, data_for(config).inputs.to(model.prompt.device))
+    statistics = prompt_attention_statistics(model, data_for(config).inputs)
     return {column: json.dumps([float(f"{value:.6g}") for value in statistics[name]])
             for name, column in ATTENTION_COLUMNS.items()}
 
