@@ -120,6 +120,8 @@ def output_logits(model: SoftPromptModel, alphabet: torch.Tensor, hidden: torch.
 def teacher_forced_logits(model: SoftPromptModel, alphabet: torch.Tensor, inputs: torch.Tensor,
                           targets: torch.Tensor) -> torch.Tensor:
     """(n, M, V): the logits of each target token given the input and the true earlier targets, in one pass."""
+    device = next(model.parameters()).device  # where the model is, wherever the caller's tensors are
+    alphabet, inputs, targets = alphabet.to(device), inputs.to(device), targets.to(device)
     embeds = model.embed(torch.cat([inputs, alphabet[targets[:, :-1]]], dim=1))
     return output_logits(model, alphabet, model.backbone.final_states(embeds, targets.shape[1]))
 
@@ -129,6 +131,8 @@ def greedy_decode(model: SoftPromptModel, alphabet: torch.Tensor, inputs: torch.
                   output_len: int) -> torch.Tensor:
     """(n, M) alphabet indices generated freely: each step's arg-max is fed back as the next input token, one
     incremental pass over the key/value cache per step (Backbone.extend, as notebook 02's continuous generation)."""
+    device = next(model.parameters()).device  # where the model is, wherever the caller's tensors are
+    alphabet, inputs = alphabet.to(device), inputs.to(device)
     hidden, cache = model.backbone.extend(model.embed(inputs))
     generated = []
     for step in range(output_len):
@@ -143,7 +147,8 @@ def exact_matches(model: SoftPromptModel, alphabet: torch.Tensor, inputs: torch.
                   targets: torch.Tensor) -> torch.Tensor:
     """Per pair (n,): whether greedy decoding generates all M targets. Free generation, not teacher forcing: a prompt
     whose teacher-forced arg-maxes are right only given the true earlier targets does not count."""
-    return (greedy_decode(model, alphabet, inputs, targets.shape[1]) == targets).all(dim=1)
+    generated = greedy_decode(model, alphabet, inputs, targets.shape[1])  # where the model is
+    return (generated == targets.to(generated.device)).all(dim=1)
 
 
 def training_precision(device: torch.device) -> str:

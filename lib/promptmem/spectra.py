@@ -29,9 +29,10 @@ def effective_rank(values, energy: float = 0.9) -> int:
 
 
 def token_matrix(inputs: torch.Tensor, word_embeddings: torch.nn.Embedding) -> torch.Tensor:
-    """All n*N input tokens as rows of width d: embedded by the backbone's table if they are ids."""
-    embedded = inputs if inputs.is_floating_point() else word_embeddings(inputs)
-    return embedded.detach().reshape(-1, embedded.shape[-1])
+    """All n*N input tokens as rows of width d, on the CPU: embedded by the backbone's table if they are ids."""
+    if not inputs.is_floating_point():  # looked up where the table is (a GPU, once a run trained the backbone)
+        inputs = word_embeddings(inputs.to(word_embeddings.weight.device))
+    return inputs.detach().reshape(-1, inputs.shape[-1]).cpu()
 
 
 def spectra_table(matrices: dict) -> pd.DataFrame:
