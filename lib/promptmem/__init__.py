@@ -20,6 +20,8 @@ Modules, each one concern (each imports only modules listed above it):
     sweeps      running configs: one alone, or a sweep that skips finished ones (batched on a GPU)
     search      the smallest memorizing prompt of a setting on the integers: a guess, doubling, bisection, resumable;
                 its brackets along n or N, searched or read off a grid
+    seeds       a threshold over seeds: success rates with Wilson intervals, p50 and its bracket, the seeded search
+                (resumable), the bootstrap interval of p50's exponent
     capacity    bits a trained prompt stores about random labels (likelihood and hard-decision views); capacity
                 curves along n, their plateau or rate; the anchors (Morris et al., the perceptron)
     tables      finished rows into what the figures plot: best setting, minimal prompt length, bounds; training cost
@@ -43,6 +45,7 @@ from .profiles import (CAPACITY, EFFICIENCY, GENERATION, INITIALIZATION, LOW_RAN
 from .rows import device_name
 from .store import ResultsStore, read_results, stored_table
 from .search import Bracket, prompt_length_runs, smallest_memorizing_prompt, smallest_memorizing_prompts
+from .seeds import p50_exponent, seeded_threshold, seeded_thresholds, threshold_runs, thresholds_of
 from .sweeps import run_config, run_sweep
 from .tables import (best_setting, evaluation_curves, min_prompt_length, prompt_bounds, prompt_length_brackets,
                      shortest_memorizing, show_training)

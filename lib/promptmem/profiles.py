@@ -64,6 +64,11 @@ class MemorizationSettings:
     # None: read the smallest memorizing p off the grid; an integer: search it on the integers 1…this
     # (promptmem.search: from the last n's threshold grown with n, then bisection), in panels (a)-(b) and (c)
     search_max_prompt_len: int | None = None
+    # seeds per n: seeds 0 … m-1 of the data draw, labels and initial prompt at each p (None: one); 4 or more let a
+    # unanimous rate bracket p50 (promptmem.seeds). The backbone's seed varied at one n, random labels, data seed 0.
+    seeds: tuple[int, ...] | None = None
+    backbone_seeds: int = 1
+    backbone_seed_n: int | None = None
     # panel (c): N at a fixed n
     seq_lens: tuple[int, ...] = (4, 8, 16)
     seq_len_n: int = 1600
@@ -94,6 +99,9 @@ MEMORIZATION = {
         n_values=(400, 800, 1600, 2500, 3600),
         prompt_lengths=(1, 2, 4, 8, 16, 32),
         search_max_prompt_len=32,
+        seeds=(4, 4, 1, 1, 1),
+        backbone_seeds=4,
+        backbone_seed_n=800,
         seq_len_n=1600,
         baseline_n_values=(1600,),
     ),
@@ -117,6 +125,9 @@ MEMORIZATION = {
         n_values=(32, 64, 128, 256),
         prompt_lengths=(1, 2, 3, 4, 6, 8, 16),  # the search's ticks, and the Dask benchmark's grid
         search_max_prompt_len=16,  # the paper profile's search, so make test runs it
+        seeds=(4, 4, 1, 1),
+        backbone_seeds=4,
+        backbone_seed_n=64,
         seq_len_n=128,
         scan=QUICK_SCAN,
     ),
