@@ -51,6 +51,16 @@ def test_a_prompt_trained_on_the_gpu_is_evaluated_on_the_callers_cpu_tensors(tin
     assert accuracy == pytest.approx(result.final_accuracy) and math.isfinite(loss)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_the_t4_path_fp16_with_a_loss_scaler_memorizes_on_the_gpu(tiny_backbone, tiny_data):
+    # a T4 has no bf16: fp16 autocast, a GradScaler, the prompt and AdamW in fp32
+    model = SoftPromptModel(tiny_backbone, 4, seed=0)
+    result = train(model, tiny_data.inputs, tiny_data.labels, epochs=300, lr=0.05, precision="fp16", device="cuda",
+                   progress=False)
+    assert result.precision == "fp16" and model.prompt.dtype == torch.float32 and model.prompt.device.type == "cuda"
+    assert result.status == "memorized" and result.final_accuracy == 1.0
+
+
 def test_cpu_trains_in_fp32():
     assert select_precision("cpu") == "fp32"
 
@@ -132,7 +142,7 @@ def test_fp16_keeps_an_fp32_prompt_and_skips_overflowing_steps(tiny_backbone, ti
                        early_stop=False, progress=False)
     assert result.precision == "fp16" and result.status == "completed"
     assert model.prompt.dtype == torch.float32
-    assert torch.equal(model.prompt.detach(), before)  # overflowing steps were skipped, the prompt is intact
+    assert torch.equal(model.prompt.detach().cpu(), before.cpu())  # overflowing steps skipped, the prompt intact
     assert result.final_accuracy == result.final_accuracy  # a real accuracy
 
 
