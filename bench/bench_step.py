@@ -2,7 +2,7 @@
 batched sweep against one config at a time, and all against the machine's measured matmul peak; in one run, on
 identical work. Writes bench/results/<device>.json.
 
-    python bench/bench_step.py            # the shapes (a GPU: n = 2000 and 3600; a CPU: n = 400 and 1600)
+    python bench/bench_step.py            # the paper's shapes (a GPU: n = 2000 and 3600; a CPU: n = 400 and 1600)
     python bench/bench_step.py --smoke    # seconds: checks that the benchmark runs, measures nothing useful
 
 (a) one full-batch step, 8 prompt + 8 data tokens, on the 2-layer width-512 encoder and on RoBERTa-base's shape

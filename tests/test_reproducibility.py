@@ -115,8 +115,8 @@ def kernel_sets():
 
 
 def test_mkl_banners_are_read_for_their_instruction_sets():
-    # MKL's banners on the two processors of CI's kind: AMX (Intel Xeon) and AVX512-BF16 without AMX (AMD EPYC, from
-    # issue 35), where MKL names no instruction set at all
+    # MKL's banners on two processors of CI's kind: AMX (Intel Xeon) and AVX512-BF16 without AMX (AMD EPYC, read there
+    # on 2026-12-02), where MKL names no instruction set at all
     intel = ("MKL_VERBOSE oneMKL 2024.0 Update 2 Product build 20240605 for Intel(R) 64 architecture Intel(R) Advanced "
              "Vector Extensions 512 (Intel(R) AVX-512) enabled processors, Lnx 2.00GHz lp64 gnu_thread")
     amd = ("MKL_VERBOSE oneMKL 2024.0 Update 2 Product build 20240605 for Intel(R) 64 architecture Intel(R) "
