@@ -7,6 +7,7 @@ Modules, each one concern (each imports only modules listed above it):
     backbones   frozen Hugging Face encoders and causal decoders: random (explicit init scale), or a pretrained
                 checkpoint's architecture with its weights as trained, shuffled or drawn afresh
     model       the soft-prompt model
+    deadline    the wall-clock deadline the training loops stop at (PROMPTMEM_DEADLINE), their checkpoints saved
     training    the training step (the precision measured fastest, AdamW, early stop, fp32 evaluation)
     batched     many prompt runs on one frozen encoder trained together in shared passes
     spectra     singular-value spectra and effective ranks of data and prompts
@@ -33,6 +34,8 @@ Modules, each one concern (each imports only modules listed above it):
     provenance  where the committed figures come from (figures/provenance.json); stripping executed notebooks
     theory      the papers' formulas (each with its source, exact or proxy) and power-law fits
     plotting    figure style and saving (PNG + PDF + CSV)
+    allocation  training within a wall-clock allocation on an offline GPU machine (notebooks run until a deadline,
+                their new rows and checkpoints packed) and merging what it brings back into results/
 """
 
 from .backbones import Backbone, available_checkpoint, pretrained_backbone, random_backbone

@@ -26,6 +26,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from . import deadline
 from .model import SoftPromptModel
 from .training import (TrainResult, autocast, check_arguments, close_run, default_device, load_checkpoint,
                        save_checkpoint, select_precision)
@@ -85,7 +86,9 @@ def train_together(runs: list[Run], *, precision: str = "auto", device: torch.de
 
     `on_finish(index, result)` is called as each run ends (its prompt is final then), so a caller can store it at
     once. With a run's `checkpoint` the run saves its state every `checkpoint_every` epochs in the format of
-    `training.train`, and a run that finds its file continues from it (in a batch or alone)."""
+    `training.train`, and a run that finds its file continues from it (in a batch or alone). Past the deadline
+    `PROMPTMEM_DEADLINE` (promptmem.deadline) every unfinished run saves its checkpoint and BudgetExhausted is raised
+    (runs that ended before have had their `on_finish`)."""
     _check_runs(runs, precision, sync_every)
     device = torch.device(device) if device is not None else default_device()
     precision = select_precision(device, runs[0].model) if precision == "auto" else precision
@@ -96,6 +99,7 @@ def train_together(runs: list[Run], *, precision: str = "auto", device: torch.de
     batch = _Batch(backbone, device, precision)
     results: list[TrainResult | None] = [None] * len(runs)
     start_time = time.perf_counter()
+    stop_at = deadline.from_environment()
 
     def finish(ended):
         batch.finish(ended, time.perf_counter() - start_time)
@@ -126,9 +130,10 @@ def train_together(runs: list[Run], *, precision: str = "auto", device: torch.de
         batch.evaluate_curves([slot for slot in active
                                if slot.run.eval_every and slot.result.epochs % slot.run.eval_every == 0])
         at_budget = [slot for slot in active if slot.result.epochs == slot.run.epochs]
-        checkpointing = [slot for slot in active if slot.run.checkpoint is not None
-                         and slot.result.epochs % slot.run.checkpoint_every == 0 and slot not in at_budget]
-        if not full_batch or at_budget or checkpointing or since_sync == sync_every:
+        out_of_time = deadline.passed(stop_at)  # then read back and checkpoint every run now
+        checkpointing = [slot for slot in active if slot.run.checkpoint is not None and slot not in at_budget
+                         and (out_of_time or slot.result.epochs % slot.run.checkpoint_every == 0)]
+        if not full_batch or at_budget or checkpointing or since_sync == sync_every or out_of_time:
             ended = batch.read_back(active, records, check_memorized=not full_batch)
             ended += [slot for slot in at_budget if slot not in ended]
             finish(ended)
@@ -142,6 +147,9 @@ def train_together(runs: list[Run], *, precision: str = "auto", device: torch.de
             records, since_sync = [], 0
         bar.update(1)
         bar.set_postfix(runs=len(active), refresh=False)
+        if out_of_time and active:
+            bar.close()
+            raise deadline.stopped(len(active), sum(slot.run.checkpoint is not None for slot in active))
     bar.close()
     return results
 

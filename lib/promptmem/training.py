@@ -19,6 +19,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from . import deadline
 from .model import SoftPromptModel
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -197,7 +198,9 @@ def train(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, *, epoch
 
     With `checkpoint` (a file path), the trained parameters, the optimizer, the loss scaler, the shuffling generator
     and the history are saved every `checkpoint_every` epochs, and a run that finds the file continues from it: an
-    interrupted run ends where an uninterrupted one would. The file is removed when the run ends.
+    interrupted run ends where an uninterrupted one would. The file is removed when the run ends. Past the deadline
+    `PROMPTMEM_DEADLINE` (promptmem.deadline) the run saves its checkpoint at the end of an epoch and raises
+    BudgetExhausted.
     """
     check_arguments(epochs=epochs, lr=lr, batch_size=batch_size, precision=precision, inputs=inputs, labels=labels,
                     checkpoint_every=checkpoint_every, eval_every=eval_every, test_data=test_data)
@@ -228,6 +231,7 @@ def train(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, *, epoch
     if checkpoint is not None and checkpoint.exists():
         result.seconds = load_checkpoint(checkpoint, model, optimizer, scaler, generator, result)
     start_time = time.perf_counter() - result.seconds
+    stop_at = deadline.from_environment()
 
     def clean_evaluation() -> tuple[float, float, float]:  # train accuracy and loss, test accuracy; in fp32
         train_accuracy, train_loss = evaluate(model, inputs, labels, batch_size=batch_size)
@@ -292,8 +296,12 @@ def train(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, *, epoch
             break
         if eval_every is not None and result.epochs % eval_every == 0:
             record_evaluation()
-        if checkpoint is not None and result.epochs % checkpoint_every == 0 and result.epochs < epochs:
+        out_of_time = result.epochs < epochs and deadline.passed(stop_at)
+        if checkpoint is not None and result.epochs < epochs and (result.epochs % checkpoint_every == 0 or out_of_time):
             save_checkpoint(checkpoint, model, optimizer, scaler, generator, result, time.perf_counter() - start_time)
+        if out_of_time:
+            bar.close()
+            raise deadline.stopped(1, int(checkpoint is not None))
     bar.close()
     if checkpoint is not None:
         checkpoint.unlink(missing_ok=True)
@@ -333,7 +341,7 @@ def save_checkpoint(path: Path, model: nn.Module, optimizer, scaler, generator: 
 
 def load_checkpoint(path: Path, model: nn.Module, optimizer, scaler, generator: torch.Generator,
                      result: TrainResult) -> float:
-    state = torch.load(path, weights_only=True)
+    state = torch.load(path, weights_only=True, map_location="cpu")  # saved on a GPU, resumed anywhere
     trainable = dict(model.named_parameters())
     if set(state["trainable"]) != {name for name, p in trainable.items() if p.requires_grad}:
         raise ValueError(f"the checkpoint {path} belongs to another model: it holds {sorted(state['trainable'])}")
