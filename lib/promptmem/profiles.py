@@ -101,7 +101,7 @@ MEMORIZATION = {
         search_max_prompt_len=32,
         seeds=(4, 4, 1, 1, 1),
         backbone_seeds=4,
-        backbone_seed_n=800,
+        backbone_seed_n=400,
         seq_len_n=1600,
         baseline_n_values=(1600,),
     ),
