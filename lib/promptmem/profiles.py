@@ -193,7 +193,7 @@ GENERATION = {
         n_values=(1600, 3600),
         prompt_lengths=(1, 2, 3, 4, 6, 8, 12, 16, 24, 32),
     ),
-    # The causal backbone at width 512 and one n: what 2 cores add to the quick profile within a session.
+    # The causal backbone at width 512 and one n: what 2 CPU cores add to the quick profile in a few hours.
     "medium": GenerationSettings(
         base=dataclasses.replace(MEMORIZATION["medium"].base, architecture="gpt2", generation_steps=0),
         n_values=(400,),

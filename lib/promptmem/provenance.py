@@ -2,8 +2,8 @@
 the wall time of the run, and what its training cost (figures/provenance.json); and executed notebooks stripped of
 what changes from run to run without meaning (papermill's and Jupyter's timestamps, progress-bar widget state).
 
-A sweep resumes across sessions, so the run that executes a notebook last may only re-plot finished rows: its wall
-time says nothing of the training. A notebook therefore shows its runs' training cost (`tables.show_training`: the runs'
+A sweep may be stopped and resumed many times, so the run that executes a notebook last may only re-plot finished
+rows: its wall time says nothing of the training. A notebook therefore shows its runs' training cost (`tables.show_training`: the runs'
 own seconds summed, their devices and precisions) and `record` copies it from the executed notebook.
 
     python -m promptmem.provenance record notebooks/01_memorization_curves.ipynb --profile auto

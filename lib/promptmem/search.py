@@ -79,13 +79,8 @@ def grown_guess(threshold: int, value: int, next_value: int, max_prompt_len: int
     return min(max_prompt_len, math.ceil(threshold * next_value / value))
 
 
-def smallest_memorizing_prompt(base: RunConfig, results_path: str | os.PathLike, max_prompt_len: int, *,
-                               start: int = 1, target: float = 1.0, recompute: bool = False,
-                               **sweep_options) -> Bracket:
-    """Search the smallest prompt length at which `base` (its prompt_len replaced) reaches `target` accuracy, between
-    1 and max_prompt_len, storing each run in `results_path`; return the final bracket. With `recompute` every step
-    trains anew and reads only the runs of this call. `sweep_options` go to `run_sweep` (device, progress,
-    checkpoint_every)."""
+def check_search(base: RunConfig, max_prompt_len: int, start: int, recompute: bool) -> None:
+    """Raise a ValueError naming the first bad argument of a search on the integers, before any run."""
     if not isinstance(max_prompt_len, int) or isinstance(max_prompt_len, bool) or max_prompt_len < 1:
         raise ValueError(f"max_prompt_len must be an integer >= 1, got {max_prompt_len!r}")
     if not isinstance(start, int) or isinstance(start, bool) or not 1 <= start <= max_prompt_len:
@@ -93,6 +88,16 @@ def smallest_memorizing_prompt(base: RunConfig, results_path: str | os.PathLike,
     if not isinstance(recompute, bool):
         raise ValueError(f"recompute must be True or False, got {recompute!r}")
     dataclasses.replace(base, prompt_len=max_prompt_len).validate()  # the longest prompt fits, before any run
+
+
+def smallest_memorizing_prompt(base: RunConfig, results_path: str | os.PathLike, max_prompt_len: int, *,
+                               start: int = 1, target: float = 1.0, recompute: bool = False,
+                               **sweep_options) -> Bracket:
+    """Search the smallest prompt length at which `base` (its prompt_len replaced) reaches `target` accuracy, between
+    1 and max_prompt_len, storing each run in `results_path`; return the final bracket. With `recompute` every step
+    trains anew and reads only the runs of this call. `sweep_options` go to `run_sweep` (device, progress,
+    checkpoint_every)."""
+    check_search(base, max_prompt_len, start, recompute)
     trained = set() if recompute else None
     while (prompt_len := next_prompt_len(bracket(base, results_path, max_prompt_len, target, trained),
                                          max_prompt_len, start)) is not None:

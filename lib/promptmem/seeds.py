@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 
 from .configs import RunConfig
-from .search import bracket_from, grown_guess, next_prompt_len
+from .search import bracket_from, check_search, grown_guess, next_prompt_len
 from .store import ResultsStore
 from .sweeps import run_sweep
 
@@ -137,13 +137,7 @@ def seeded_threshold(base: RunConfig, results_path: str | os.PathLike, max_promp
     `results_path`. With `recompute` every step trains anew and reads only the runs of this call."""
     check_seeds(seeds)
     seed_configs(base, 1, 1, seed_field)  # checks seed_field
-    if not isinstance(max_prompt_len, int) or isinstance(max_prompt_len, bool) or max_prompt_len < 1:
-        raise ValueError(f"max_prompt_len must be an integer >= 1, got {max_prompt_len!r}")
-    if not isinstance(start, int) or isinstance(start, bool) or not 1 <= start <= max_prompt_len:
-        raise ValueError(f"start must be an integer in [1, max_prompt_len={max_prompt_len}], got {start!r}")
-    if not isinstance(recompute, bool):
-        raise ValueError(f"recompute must be True or False, got {recompute!r}")
-    dataclasses.replace(base, prompt_len=max_prompt_len).validate()  # the longest prompt fits, before any run
+    check_search(base, max_prompt_len, start, recompute)
     trained = set() if recompute else None
 
     def rates() -> dict[int, Rate]:
@@ -193,16 +187,15 @@ def thresholds_of(base: RunConfig, results_path: str | os.PathLike, field: str, 
     interval)."""
     settings, counts = _settings(base, field, values, seeds, max_prompt_len)
     rows = ResultsStore(results_path).load()
-    rates = pd.DataFrame([{field: getattr(setting, field), "prompt_len": p, "successes": rate.successes,
-                           "trials": rate.trials, "rate": rate.value, "low": rate.interval[0],
-                           "high": rate.interval[1]}
-                          for setting, count in zip(settings, counts)
-                          for p, rate in rates_of(rows, setting, count, max_prompt_len, target, None,
-                                                  seed_field).items()],
-                         columns=[field, "prompt_len", "successes", "trials", "rate", "low", "high"])
-    brackets = pd.DataFrame([{field: getattr(setting, field), **dataclasses.asdict(seeded_bracket_from(
-        rates_of(rows, setting, count, max_prompt_len, target, None, seed_field), count))}
-        for setting, count in zip(settings, counts)])
+    rated, found = [], []
+    for setting, count in zip(settings, counts):
+        rates = rates_of(rows, setting, count, max_prompt_len, target, None, seed_field)
+        value = getattr(setting, field)
+        rated += [{field: value, "prompt_len": p, "successes": rate.successes, "trials": rate.trials,
+                   "rate": rate.value, "low": rate.interval[0], "high": rate.interval[1]} for p, rate in rates.items()]
+        found.append({field: value, **dataclasses.asdict(seeded_bracket_from(rates, count))})
+    rates = pd.DataFrame(rated, columns=[field, "prompt_len", "successes", "trials", "rate", "low", "high"])
+    brackets = pd.DataFrame(found)
     above = brackets.above.astype("Int64")  # None where no p is sure to reach 1/2
     return brackets.assign(above=above, exact=(above == brackets.below + 1).fillna(False).astype(bool)), rates
 

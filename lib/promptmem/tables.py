@@ -77,7 +77,7 @@ def prompt_bounds(rows: pd.DataFrame) -> pd.DataFrame:
 
 def training_cost(*frames: pd.DataFrame) -> dict:
     """What the runs of these results frames cost: how many, their own seconds summed (a resumed run counts each
-    session's share), and the devices and precisions they trained on. A run in several frames counts once."""
+    stretch it trained in), and the devices and precisions they trained on. A run in several frames counts once."""
     runs = pd.concat(frames, ignore_index=True).drop_duplicates("config_id")
 
     def values(column):
