@@ -3,7 +3,7 @@ import os
 import pytest
 import torch
 
-from promptmem import data
+from promptmem import data, sweeps
 from promptmem.backbones import random_backbone
 from promptmem.training import DEVICE_ENV
 
@@ -27,6 +27,25 @@ def tiny_backbone():
 def tiny_data():
     torch.manual_seed(0)
     return data.random_tokens(32, 4, seed=0, vocab_size=TINY["vocab_size"])
+
+
+# PROMPTMEM_TEST_BATCHED=1: sweeps batch by default on the CPU as they do on a GPU, so the GPU's code path (and every
+# test that would bypass a fake trainer there) shows on a machine without one.
+SIMULATE_GPU_BATCHING = os.environ.get("PROMPTMEM_TEST_BATCHED") == "1"
+
+
+@pytest.fixture(autouse=True)
+def gpu_style_batching(monkeypatch):
+    if SIMULATE_GPU_BATCHING:
+        monkeypatch.setattr(sweeps, "batches_by_default", lambda device: True)
+
+
+@pytest.fixture
+def one_run_at_a_time(monkeypatch):
+    """Sweeps train one run at a time on any device: for tests whose fake or counter stands in for
+    `sweeps.run_config` or `building.train`, which a GPU's batched sweep goes past (tests/test_batched.py and
+    tests/test_allocation.py test that path)."""
+    monkeypatch.setattr(sweeps, "batches_by_default", lambda device: False)
 
 
 @pytest.fixture(autouse=True)

@@ -49,7 +49,7 @@ def test_bits_are_refused_for_true_labels():
 
 
 @pytest.fixture
-def capacity_runs(monkeypatch):
+def capacity_runs(monkeypatch, one_run_at_a_time):
     """Runs that store min(n, `capacity["bits"]`) bits (accuracy and loss set to match), recording the n run."""
     ran, limit = [], {"bits": 100}
 
@@ -120,3 +120,56 @@ def test_a_real_tiny_curve_stores_between_zero_and_n_bits(tmp_path):
                                              tmp_path / "r.csv", n_start=8, n_max=32, beyond=1))
     assert ((rows.likelihood_bits >= 0) & (rows.likelihood_bits <= rows.n)).all()
     assert ((rows.hard_decision_bits >= 0) & (rows.hard_decision_bits <= rows.n + 1e-9)).all()
+
+
+def test_seeded_curves_run_each_seed_and_resume_without_rerunning(tmp_path, capacity_runs):
+    ran, _ = capacity_runs
+    rows, summaries = capacity.seeded_capacity_curves(TINY, tmp_path / "r.csv", [1], 2, n_start=16, n_max=256,
+                                                      beyond=1)
+    assert sorted(summaries.seed) == [0, 1] and set(rows.seed) == {0, 1}
+    assert ran == [16, 32, 64, 128, 256] * 2
+    ran.clear()
+    capacity.seeded_capacity_curves(TINY, tmp_path / "r.csv", [1], 3, n_start=16, n_max=256, beyond=1)
+    assert ran == [16, 32, 64, 128, 256]  # only seed 2 is new
+    with pytest.raises(ValueError, match="seeds must be an integer >= 1"):
+        capacity.seeded_capacity_curves(TINY, tmp_path / "r.csv", [1], 0, n_start=16, n_max=256)
+
+
+def synthetic_capacities(exponent, seeds, spread, rng):
+    """Capacities C = 50 p^exponent, each seed's curve scaled by its own log-normal factor and each point jittered."""
+    prompts = np.array([1, 2, 4, 8])
+    factors = np.exp(rng.normal(0, spread, size=(seeds, 1)) + rng.normal(0, spread / 2, size=(seeds, len(prompts))))
+    bits = 50 * prompts ** exponent * factors
+    return pd.DataFrame([{"seed": s, "prompt_len": p, "capacity_bits": bits[s, i]}
+                         for s in range(seeds) for i, p in enumerate(prompts)])
+
+
+def test_the_capacity_exponent_is_recovered_inside_its_interval_and_one_seed_has_none():
+    rng = np.random.default_rng(1)
+    covered = 0
+    for _ in range(100):
+        estimate = capacity.capacity_exponent(synthetic_capacities(1.3, 3, 0.2, rng))
+        covered += estimate.admits(1.3)
+        assert estimate.low < estimate.value < estimate.high
+    assert covered >= 88  # a 95% interval; 88 of 100 is its binomial 1-in-1000 floor
+    one = capacity.capacity_exponent(synthetic_capacities(1.3, 1, 0.2, rng))
+    assert abs(one.value - 1.3) < 0.5 and np.isnan(one.low) and np.isnan(one.high) and not one.admits(1.3)
+
+
+def test_a_gap_is_refused_and_a_prompt_that_stored_nothing_is_left_out():
+    table = synthetic_capacities(1.0, 2, 0.1, np.random.default_rng(0))
+    with pytest.raises(ValueError, match="capacity_bits must be a number >= 0"):
+        capacity.capacity_exponent(table.iloc[1:])
+    with pytest.raises(ValueError, match="capacity_bits must be a number >= 0"):
+        capacity.capacity_exponent(table.assign(capacity_bits=-1.0))
+    nothing_at_p1 = table.assign(capacity_bits=np.where((table.prompt_len == 1) & (table.seed == 0), 0.0,
+                                                        table.capacity_bits))
+    assert capacity.capacity_exponent(nothing_at_p1).value == pytest.approx(
+        capacity.capacity_exponent(table[table.prompt_len > 1]).value)
+    assert np.isnan(capacity.capacity_exponent(table[table.prompt_len == 1]).value)
+
+
+def test_student_t_quantiles_match_their_tables():
+    assert capacity.student_t_975(2) == pytest.approx(4.303)
+    assert capacity.student_t_975(20) == pytest.approx(2.086, abs=1e-3)
+    assert capacity.student_t_975(60) == pytest.approx(2.000, abs=1e-3)

@@ -11,7 +11,7 @@ from tests.test_sweeps import TINY
 
 
 @pytest.fixture
-def threshold_runs(monkeypatch):
+def threshold_runs(monkeypatch, one_run_at_a_time):
     """Runs that memorize exactly from prompt length `threshold["p"]` on, or where `threshold["rule"]` says (a row as
     run_config makes it, its accuracy set by the rule), recording the prompt lengths run."""
     ran, threshold = [], {"p": 5}

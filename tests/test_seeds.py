@@ -36,7 +36,7 @@ def test_the_bracket_of_rates():
 
 
 @pytest.fixture
-def seeded_runs(monkeypatch):
+def seeded_runs(monkeypatch, one_run_at_a_time):
     """Runs whose success depends on (prompt length, seed): seed s memorizes from p = threshold[s] on (a row as
     run_config makes it, its accuracy set by the rule), recording the (p, seed, backbone seed) run."""
     ran, thresholds = [], {0: 4, 1: 5, 2: 5, 3: 7}

@@ -21,7 +21,7 @@ TINY = RunConfig(n=16, prompt_len=2, seq_len=4, dataset="random_tokens", labels=
 
 
 @pytest.fixture
-def counted_runs(monkeypatch):
+def counted_runs(monkeypatch, one_run_at_a_time):
     ran = []
 
     def run_and_count(config, device=None, progress=False, **checkpointing):
@@ -245,7 +245,7 @@ def test_a_stored_table_is_computed_once_per_settings(tmp_path):
     assert len(computed) == 1
     stored_table(tmp_path / "t.csv", compute, settings=("paper", "cpu"))  # other settings: measured again
     assert len(computed) == 2
-def test_a_sweep_resumes_an_interrupted_run_from_its_checkpoint(tmp_path, monkeypatch):
+def test_a_sweep_resumes_an_interrupted_run_from_its_checkpoint(tmp_path, monkeypatch, one_run_at_a_time):
     config = dataclasses.replace(TINY, epochs=9, early_stop=False, batch_size=8)
     reference = run_sweep([config], tmp_path / "reference.csv", progress=False).iloc[0]
     real_train = building.train

@@ -483,6 +483,18 @@ class CapacitySettings:
     pretrained: str  # a checkpoint: its pretrained weights against its architecture drawn at random, one p
     pretrained_n_max: int  # the pretrained panel's largest n (its backbone is the slowest)
     pretrained_prompt_len: int = 1
+    # seeds per backbone (aligned with `backbones`): seeds 0 … m-1 of the data draw, labels and initial prompt each get
+    # their own capacity curves; with 3 or more the exponent of C in p gets an interval (None: one seed each)
+    seeds: tuple[int, ...] | None = None
+
+    def __post_init__(self):
+        if self.seeds is not None and (len(self.seeds) != len(self.backbones) or any(
+                not isinstance(count, int) or isinstance(count, bool) or count < 1 for count in self.seeds)):
+            raise ValueError(f"seeds must be None or one integer >= 1 per backbone ({len(self.backbones)}), got "
+                             f"{self.seeds!r}")
+
+    def seeds_of(self, shape: dict) -> int:
+        return 1 if self.seeds is None else self.seeds[self.backbones.index(shape)]
 
     def scan_configs(self, shape: dict) -> list[RunConfig]:
         scan = self.scan
@@ -525,6 +537,7 @@ CAPACITY = {
         long_budget=300,
         pretrained=MINILM,
         pretrained_n_max=16,
+        seeds=(3, 1, 1),  # the first backbone's curves over seeds, in make test's budget
     ),
 }
 # Wang & Lin measure no capacity in bits: the largest profile, medium, is the paper profile too.
