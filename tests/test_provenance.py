@@ -37,6 +37,8 @@ def test_a_run_is_recorded_with_where_how_and_how_long(executed, tmp_path):
     assert provenance.recorded_profile(executed, record_path) == "quick"
     with pytest.raises(ValueError, match="no entry for 08_missing"):
         provenance.recorded_profile(tmp_path / "08_missing.ipynb", record_path)
+    assert provenance.recorded_profile_or(executed, "paper", record_path) == "quick"
+    assert provenance.recorded_profile_or(tmp_path / "08_missing.ipynb", "paper", record_path) == "paper"
 
 
 def test_make_reproduce_runs_each_notebook_in_its_committed_profile_unless_asked(executed, tmp_path):

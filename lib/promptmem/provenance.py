@@ -85,6 +85,15 @@ def recorded_profile(notebook: str | os.PathLike, provenance: str | os.PathLike 
     return entries[stem]["profile"]
 
 
+def recorded_profile_or(notebook: str | os.PathLike, fallback: str, provenance: str | os.PathLike = PROVENANCE) -> str:
+    """The profile the notebook's committed figures were made in, or `fallback` where the record has no entry (results
+    without committed figures beside them)."""
+    try:
+        return recorded_profile(notebook, provenance)
+    except ValueError:
+        return fallback
+
+
 def profile_to_run(notebook: str | os.PathLike, asked: str = COMMITTED,
                    provenance: str | os.PathLike = PROVENANCE) -> str:
     """The profile `make reproduce` runs the notebook in: a profile asked for by name, or for "committed" (the default)
