@@ -6,7 +6,9 @@ Counts the main training runs of notebooks 01-04 (the init-scale scans, the prom
 from-scratch baselines) at their full epoch budgets: an upper bound, as early stop ends memorizing runs sooner.
 Notebook 01 searches its smallest memorizing prompts on the integers, so its runs depend on the thresholds: the
 search is replayed (`promptmem.search.next_prompt_len`) against each setting's threshold where `results/` hold it
-exactly, and elsewhere against the last one's grown in proportion to n (or N), as the medium profile's grew.
+exactly, and elsewhere against the last one's grown in proportion to n (or N), as the medium profile's grew. Each p
+the search visits trains the profile's seeds at that n (and its backbone seeds at one n): a replay in which the seeds
+agree, so seeds that disagree near a threshold add a prompt length or two per n to the count.
 Per epoch a prompt run costs one forward and one backward pass to the input over its n examples (`step_flops` of
 bench_step.py, with the K generated tokens of notebook 02 counted as sequence length), and notebook 04 adds a
 forward pass over its train and test sets every `eval_every` epochs. The time assumes a sustained throughput: the
@@ -27,6 +29,7 @@ from promptmem import profiles
 from promptmem.configs import RunConfig, grid
 from promptmem.provenance import PROVENANCE
 from promptmem.search import bracket_from, bracket_of, grown_guess, next_prompt_len
+from promptmem.seeds import seed_configs
 from promptmem.store import ResultsStore
 from promptmem.tables import best_setting, duration
 
@@ -55,17 +58,19 @@ def searched_prompt_lengths(threshold: int, max_prompt_len: int, start: int) -> 
     return list(tried)
 
 
-def searched_configs(base: RunConfig, field: str, values, max_prompt_len: int, rows) -> list[RunConfig]:
+def searched_configs(base: RunConfig, field: str, values, max_prompt_len: int, rows, seeds: dict | None = None,
+                     seed_field: str = "seed") -> list[RunConfig]:
     """The runs of notebook 01's search along `field` (n or seq_len) from `base`: each value's threshold as `rows`
-    hold it exactly, or else the search's own first guess (the previous threshold grown with `field`)."""
+    hold it exactly, or else the search's own first guess (the previous threshold grown with `field`); at each p the
+    value's seeds (`seeds`: value -> count, one where it is not given) of `seed_field`."""
     configs, threshold, previous = [], 1, None
     for value in sorted(values):
         setting = dataclasses.replace(base, **{field: value})
         found = bracket_of(rows, setting, max_prompt_len)
         guess = 1 if previous is None else grown_guess(threshold, previous, value, max_prompt_len)
         threshold = found.memorizes if found.exact else guess
-        configs += [dataclasses.replace(setting, prompt_len=p)
-                    for p in searched_prompt_lengths(threshold, max_prompt_len, guess)]
+        configs += [config for p in searched_prompt_lengths(threshold, max_prompt_len, guess)
+                    for config in seed_configs(setting, p, (seeds or {}).get(value, 1), seed_field)]
         previous = value
     return configs
 
@@ -80,8 +85,12 @@ def paper_configs(results_dir: Path = Path(__file__).parents[1] / "results") -> 
     base01 = (dataclasses.replace(memorization.base, init_scale=best_setting(scanned, "init_scale"))
               if len(scanned) == len(scan01) else memorization.base)
     search_max = memorization.search_max_prompt_len
+    seeds01 = dict(zip(memorization.n_values, memorization.seeds or ()))
     runs01 = (scan01 + [config for labels in memorization.label_kinds for config in searched_configs(
-        dataclasses.replace(base01, labels=labels), "n", memorization.n_values, search_max, rows01)]
+        dataclasses.replace(base01, labels=labels), "n", memorization.n_values, search_max, rows01, seeds01)]
+        + (searched_configs(dataclasses.replace(base01, labels="random"), "n", [memorization.backbone_seed_n],
+                            search_max, rows01, {memorization.backbone_seed_n: memorization.backbone_seeds},
+                            "backbone_seed") if memorization.backbone_seed_n else [])
         + searched_configs(dataclasses.replace(base01, n=memorization.seq_len_n, labels="random"), "seq_len",
                            memorization.seq_lens, search_max, rows01))
     base03 = dataclasses.replace(low_rank.base, n=low_rank.n, dataset="low_rank")

@@ -142,6 +142,11 @@ def test_the_paper_cost_takes_exact_thresholds_from_results_and_grows_the_rest_w
     # n = 100: from 1, doubling to 4, then bisecting to 3 (2 fails); n = 200 assumed at the search's guess,
     # 3 * 200 / 100 = 6, which memorizes, and 5 fails
     assert runs == [(100, 1), (100, 2), (100, 4), (100, 3), (200, 6), (200, 5)]
+    seeded = paper_cost.searched_configs(base, "n", [200, 100], 32, rows, seeds={100: 3})
+    assert [(config.n, config.prompt_len, config.seed) for config in seeded] == [
+        (100, p, seed) for p in (1, 2, 4, 3) for seed in range(3)] + [(200, 6, 0), (200, 5, 0)]
+    backbones = paper_cost.searched_configs(base, "n", [100], 32, rows, seeds={100: 2}, seed_field="backbone_seed")
+    assert {(config.seed, config.backbone_seed) for config in backbones} == {(0, 0), (0, 1)}
 
 
 def test_the_paper_cost_shows_what_a_committed_medium_run_took(tmp_path, capsys):
