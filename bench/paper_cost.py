@@ -4,11 +4,11 @@
 
 Counts the main training runs of notebooks 01-04 (the init-scale scans, the prompt-length sweeps; not the small
 from-scratch baselines) at their full epoch budgets: an upper bound, as early stop ends memorizing runs sooner.
-Notebook 01 searches its smallest memorizing prompts on the integers, so its runs depend on the thresholds: the
-search is replayed (`promptmem.search.next_prompt_len`) against each setting's threshold where `results/` hold it
-exactly, and elsewhere against the last one's grown in proportion to n (or N), as the medium profile's grew. Each p
-the search visits trains the profile's seeds at that n (and its backbone seeds at one n): a replay in which the seeds
-agree, so seeds that disagree near a threshold add a prompt length or two per n to the count.
+Notebooks 01 and 02 search their smallest memorizing prompts on the integers, so their runs depend on the
+thresholds: the search is replayed (`promptmem.search.next_prompt_len`) against each setting's threshold where
+`results/` hold it exactly, and elsewhere against the last one's grown in proportion to n (or N), as the medium
+profile's grew. Each p the search visits trains the profile's seeds at that n (and notebook 01's backbone seeds at one
+n): a replay in which the seeds agree, so seeds that disagree near a threshold add a prompt length or two per n.
 Per epoch a prompt run costs one forward and one backward pass to the input over its n examples (`step_flops` of
 bench_step.py, with the K generated tokens of notebook 02 counted as sequence length), and notebook 04 adds a
 forward pass over its train and test sets every `eval_every` epochs. The time assumes a sustained throughput: the
@@ -93,13 +93,16 @@ def paper_configs(results_dir: Path = Path(__file__).parents[1] / "results") -> 
                             "backbone_seed") if memorization.backbone_seed_n else [])
         + searched_configs(dataclasses.replace(base01, n=memorization.seq_len_n, labels="random"), "seq_len",
                            memorization.seq_lens, search_max, rows01))
+    rows02 = ResultsStore(results_dir / "02_generation_tradeoff.csv").load()
+    runs02 = [config for labels in generation.label_kinds for steps in generation.generation_steps
+              for config in searched_configs(dataclasses.replace(generation.base, labels=labels, generation_steps=steps),
+                                             "n", generation.n_values, generation.search_max_prompt_len, rows02,
+                                             dict.fromkeys(generation.n_values, generation.seeds))]
     base03 = dataclasses.replace(low_rank.base, n=low_rank.n, dataset="low_rank")
     return {
         # each config once: the N panel's runs at N = 8 are the n searches'
         "01_memorization_curves": list({config.config_id: config for config in runs01}.values()),
-        "02_generation_tradeoff": profiles.init_scale_scan(generation)
-        + grid(generation.base, labels=generation.label_kinds, n=generation.n_values,
-               prompt_len=generation.prompt_lengths, generation_steps=generation.generation_steps),
+        "02_generation_tradeoff": profiles.init_scale_scan(generation) + runs02,
         "03_low_rank_structure": grid(base03, rank=low_rank.ranks, prompt_len=low_rank.prompt_lengths)
         + grid(base03, rank=low_rank.random_label_ranks, prompt_len=low_rank.prompt_lengths)
         + grid(dataclasses.replace(base03, rank=None), dataset=["sst2", "sst2", "random_tokens"],

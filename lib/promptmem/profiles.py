@@ -185,13 +185,20 @@ class GenerationSettings:
     generation_steps: tuple[int, ...] = (0, 1, 2, 4, 8)
     label_kinds: tuple[str, ...] = ("true", "random")
     scan: InitScaleScan = InitScaleScan()  # the causal backbone's own scan, as notebook 01's for the encoder
+    # None: read p50 off the grid `prompt_lengths`; an integer: search it on the integers 1…this, as notebook 01 does
+    search_max_prompt_len: int | None = None
+    seeds: int = 1  # seeds 0 … m-1 of the data draw, labels and initial prompt at each (n, K, p)
 
 
 GENERATION = {
+    # Searched on the integers over four seeds, as notebook 01's paper profile: at n >= 1600 a threshold moves by one
+    # or two between seeds.
     "paper": GenerationSettings(
         base=dataclasses.replace(MEMORIZATION["paper"].base, architecture="gpt2", generation_steps=0),
         n_values=(1600, 3600),
-        prompt_lengths=(1, 2, 3, 4, 6, 8, 12, 16, 24, 32),
+        prompt_lengths=(1, 2, 4, 8, 16, 32),
+        search_max_prompt_len=32,
+        seeds=4,
     ),
     # The causal backbone at width 512 and one n: what 2 CPU cores add to the quick profile in a few hours.
     "medium": GenerationSettings(
