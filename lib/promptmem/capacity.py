@@ -12,9 +12,9 @@ doubles until a run no longer memorizes every pair, then goes `beyond` doublings
 growing, their maximum is the prompt's capacity C.
 
 Over seeds (`seeded_capacity_curves`): each seed (the data draw, the random labels, the initial prompt) gets its own
-curves, so each prompt length has one capacity per seed; the exponent of C in p gets a 95% interval from a bootstrap
-that resamples whole seeds (a seed's curves share its data draw across p), fitting log C on log p to each
-replicate's mean capacities (`capacity_exponent`)."""
+curves, so each prompt length has one capacity per seed; the exponent of C in p is each seed's fit of log C on log p
+(a seed's curves share its data draw across p), averaged, with a 95% Student t interval over seeds
+(`capacity_exponent`)."""
 
 from __future__ import annotations
 
