@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from promptmem import search, seeds, sweeps
-from promptmem.seeds import (Rate, SeededBracket, crossing, p50_exponent, seeded_bracket_from,
+from promptmem.seeds import (Rate, SeededBracket, crossing, p50_exponent, seeded_bracket_from, student_t_975,
                              seeded_threshold, seeded_thresholds, significant_digits, threshold_runs, thresholds_of, wilson_interval)
 from tests.test_sweeps import TINY
 
@@ -164,3 +164,9 @@ def test_threshold_runs_search_or_grid_with_every_criterion(tmp_path, seeded_run
     assert sorted(ran) == sorted((p, s, 0) for p in (2, 4, 8) for s in range(4))  # the grid, every seed
     assert rates[rates.criterion == 1.0].successes.tolist() == [0, 1, 4]
     assert brackets[brackets.criterion == 1.0][["below", "p50", "above"]].values.tolist() == [[2, 8, 8]]
+
+
+def test_student_t_quantiles_match_their_tables():
+    assert student_t_975(2) == pytest.approx(4.303)
+    assert student_t_975(20) == pytest.approx(2.086, abs=1e-3)
+    assert student_t_975(60) == pytest.approx(2.000, abs=1e-3)

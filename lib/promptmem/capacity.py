@@ -26,8 +26,9 @@ import numpy as np
 import pandas as pd
 
 from .configs import RunConfig
-from .seeds import ExponentEstimate, check_seeds
+from .seeds import ExponentEstimate, check_seeds, student_t_975
 from .sweeps import run_sweep
+from .theory import fit_power_law
 
 # Anchors, in bits per trained parameter
 MORRIS_BITS_PER_PARAMETER = 3.6  # GPT-style models trained on random bit strings (Morris et al. 2025, bf16)
@@ -165,16 +166,6 @@ def seeded_capacity_curves(base: RunConfig, results_path: str | os.PathLike, pro
     return pd.concat(rows, ignore_index=True), pd.concat(summaries, ignore_index=True)
 
 
-def student_t_975(df: int) -> float:
-    """The 97.5th percentile of Student's t with `df` degrees of freedom: tabulated to df = 10, beyond it the
-    Cornish–Fisher expansion (within 0.001 there)."""
-    table = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
-    if df in table:
-        return table[df]
-    z = 1.959964
-    return z + (z ** 3 + z) / (4 * df) + (5 * z ** 5 + 16 * z ** 3 + 3 * z) / (96 * df ** 2)
-
-
 def capacity_exponent(summaries: pd.DataFrame) -> ExponentEstimate:
     """The exponent a of C ∝ p^a from one backbone's summaries (`seeded_capacity_curves`'s, columns prompt_len,
     seed, capacity_bits): each seed's least-squares fit of log C on log p, their mean, and its 95% Student t
@@ -187,9 +178,7 @@ def capacity_exponent(summaries: pd.DataFrame) -> ExponentEstimate:
     table = table.loc[:, (table > 0).all()]  # a prompt length some seed stored nothing with has no place on log axes
     if table.shape[1] < 2:
         return ExponentEstimate(float("nan"), float("nan"), float("nan"))
-    log_p = np.log(table.columns.to_numpy(dtype=float))
-    design = np.column_stack([log_p, np.ones_like(log_p)])
-    slopes = np.linalg.lstsq(design, np.log(table.to_numpy(dtype=float)).T, rcond=None)[0][0]
+    slopes = np.array([fit_power_law(table.columns, bits)[0] for _, bits in table.iterrows()])
     value = float(slopes.mean())
     if len(slopes) == 1:
         return ExponentEstimate(value, float("nan"), float("nan"))
