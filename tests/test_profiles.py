@@ -59,3 +59,11 @@ def test_medium_profile_is_a_subset_of_the_papers():
     assert initialization.base == paper_initialization.base and len(initialization.seeds) >= 3
     assert initialization.prompt_lengths == paper_initialization.prompt_lengths
     assert set(initialization.init_scales) <= set(paper_initialization.init_scales)
+
+
+def test_low_rank_thresholds_are_over_seeds_and_a_bad_count_is_refused():
+    assert all(LOW_RANK[profile].threshold_seeds >= 3 for profile in ("quick", "medium", "paper"))
+    assert LOW_RANK["paper"].threshold_seeds >= 4  # enough to bracket p50 at 95%
+    for bad in (0, 2.0, True):
+        with pytest.raises(ValueError, match="threshold_seeds must be an integer >= 1"):
+            dataclasses.replace(LOW_RANK["quick"], threshold_seeds=bad)

@@ -8,7 +8,8 @@ import pandas as pd
 import pytest
 
 from promptmem import search, seeds, sweeps
-from promptmem.seeds import (Rate, SeededBracket, crossing, p50_exponent, seeded_bracket_from, student_t_975,
+from promptmem.seeds import (ExponentEstimate, Rate, SeededBracket, brackets_of_rates, crossing, p50_exponent, rates_of_runs,
+                             seeded_bracket_from, student_t_975,
                              seeded_threshold, seeded_thresholds, significant_digits, threshold_runs, thresholds_of, wilson_interval)
 from tests.test_sweeps import TINY
 
@@ -111,6 +112,19 @@ def test_seeded_thresholds_along_n_take_a_seed_count_per_value(tmp_path, seeded_
         seeded_threshold(TINY, tmp_path / "r.csv", 16, seeds=0)
 
 
+def test_a_search_along_a_value_the_threshold_need_not_grow_with_starts_at_the_last_p50(tmp_path, seeded_runs):
+    ran, _ = seeded_runs
+    brackets, _ = seeded_thresholds(TINY, tmp_path / "r.csv", "n", [8, 16], 16, seeds=1, start_growth=0,
+                                    progress=False)
+    assert brackets.p50.tolist() == [4, 4]
+    assert [p for p, _, _ in ran] == [1, 2, 4, 3, 4, 3]  # n = 16 starts at n = 8's p50, not at 8
+    ran.clear()
+    seeded_thresholds(TINY, tmp_path / "grown.csv", "n", [8, 16], 16, seeds=1, progress=False)
+    assert [p for p, _, _ in ran][4:] == [8, 7, 6, 5, 4, 3]  # grown in proportion to n, it steps down to p50
+    with pytest.raises(ValueError, match=r"start_growth must be a number in \[0, 1\]"):
+        seeded_thresholds(TINY, tmp_path / "r.csv", "n", [8, 16], 16, seeds=1, start_growth=2)
+
+
 def test_the_backbone_seed_is_an_axis_of_its_own(tmp_path, seeded_runs):
     ran, _ = seeded_runs
     seeded_threshold(TINY, tmp_path / "r.csv", max_prompt_len=4, seeds=2, start=4, seed_field="backbone_seed",
@@ -149,6 +163,8 @@ def test_the_crossing_interpolates_between_adjacent_prompt_lengths_only():
 
 def test_digits_follow_the_interval_width():
     assert [significant_digits(w) for w in (0.4, 0.04, 3.0, float("inf"))] == [1, 2, 0, 1]
+    assert ExponentEstimate(1.07, -0.3, 1.21).formula() == "p50 ∝ n^1, 95% (0, 1)"  # no "-0"
+    assert ExponentEstimate(0.91, 0.83, 1.06).describe().startswith("p50 ∝ n^0.9, 95% interval (0.8, 1.1): excludes")
 
 
 def test_threshold_runs_search_or_grid_with_every_criterion(tmp_path, seeded_runs):
@@ -164,6 +180,18 @@ def test_threshold_runs_search_or_grid_with_every_criterion(tmp_path, seeded_run
     assert sorted(ran) == sorted((p, s, 0) for p in (2, 4, 8) for s in range(4))  # the grid, every seed
     assert rates[rates.criterion == 1.0].successes.tolist() == [0, 1, 4]
     assert brackets[brackets.criterion == 1.0][["below", "p50", "above"]].values.tolist() == [[2, 8, 8]]
+
+
+def test_rates_and_brackets_of_rows_that_are_no_run_config():
+    rows = pd.DataFrame([dict(n=n, prompt_len=p, seed=seed, exact_match=1.0 if p >= threshold else 0.9)
+                         for n, thresholds in ((16, (2, 2, 4, 4)), (32, (4, 8, 8, 8)))
+                         for seed, threshold in enumerate(thresholds) for p in (1, 2, 4, 8)])
+    rates = rates_of_runs(rows, ["n"], column="exact_match")
+    assert rates[rates.n == 16].successes.tolist() == [0, 2, 4, 4] and (rates.trials == 4).all()
+    assert rates[["low", "high"]].values.tolist()[2] == pytest.approx(list(wilson_interval(4, 4)))
+    brackets = brackets_of_rates(rates, ["n"])
+    assert brackets[["n", "below", "p50", "above", "seeds"]].values.tolist() == [[16, 1, 2, 4, 4], [32, 2, 8, 8, 4]]
+    assert brackets.exact.tolist() == [False, False]
 
 
 def test_student_t_quantiles_match_their_tables():

@@ -138,6 +138,8 @@ def test_the_profiles_panels_are_valid_and_share_their_common_point(profile):
     for configs in panels.values():
         for config in configs:
             config.validate()
-    base_at_n = {config.config_id for config in panels["n"] if config.n == settings.panel_n}
+    base_at_n = {config.config_id for config in panels["n"] if config.n == settings.panel_n and config.seed == 0}
     assert base_at_n <= {config.config_id for config in panels["M"]}  # the base's M appears in both panels
+    assert {config.seed for config in panels["n"]} == set(range(settings.seeds))  # panel (a) over its seeds
+    assert {config.seed for config in panels["M"]} == {0}
     assert all(config.output_len == 1 and config.alphabet_size == 2 for config in panels["agreement"])

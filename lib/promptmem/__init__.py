@@ -48,7 +48,8 @@ from .profiles import (CAPACITY, EFFICIENCY, GENERATION, INITIALIZATION, LOW_RAN
 from .rows import device_name
 from .store import ResultsStore, read_results, stored_table
 from .search import Bracket, prompt_length_runs, smallest_memorizing_prompt, smallest_memorizing_prompts
-from .seeds import p50_exponent, seeded_threshold, seeded_thresholds, threshold_runs, thresholds_of
+from .seeds import (brackets_of_rates, p50_exponent, rates_of_runs, seeded_threshold, seeded_thresholds, threshold_runs,
+                    thresholds_of)
 from .sweeps import run_config, run_sweep
 from .tables import (best_setting, evaluation_curves, min_prompt_length, prompt_bounds, prompt_length_brackets,
                      shortest_memorizing, show_training)

@@ -144,6 +144,14 @@ class LowRankSettings:
     random_label_ranks: tuple[int, ...]  # ranks also run with random labels (pure memorization)
     prompt_lengths: tuple[int, ...]
     spectrum_ranks: tuple[int, ...]  # synthetic ranks whose data spectra are drawn
+    # seeds 0 … m-1 of each rank's p50 with the rule labels (the claim's setting), searched on the integers up to the
+    # longest prompt of the grid; the other panels are one run (seed 0) per grid point
+    threshold_seeds: int = 1
+
+    def __post_init__(self):
+        if not isinstance(self.threshold_seeds, int) or isinstance(self.threshold_seeds, bool) \
+                or self.threshold_seeds < 1:
+            raise ValueError(f"threshold_seeds must be an integer >= 1, got {self.threshold_seeds!r}")
 
 
 LOW_RANK = {
@@ -154,6 +162,7 @@ LOW_RANK = {
         random_label_ranks=(1, 2, 4, 8, 16, 32, 64, 128, 512),
         prompt_lengths=(1, 2, 3, 4, 6, 8, 12, 16, 24, 32),
         spectrum_ranks=(4, 32, 512),
+        threshold_seeds=4,
     ),
     # The paper's n = 1000 on the width-512 encoder; four ranks spanning 1 to the full width, p up to 16.
     "medium": LowRankSettings(
@@ -163,6 +172,7 @@ LOW_RANK = {
         random_label_ranks=(1, 512),
         prompt_lengths=(1, 2, 4, 8, 16),
         spectrum_ranks=(4, 32, 512),
+        threshold_seeds=3,  # each run takes 2–10 minutes on 2 CPU cores; four would bracket p50 at 95%
     ),
     "quick": LowRankSettings(
         base=MEMORIZATION["quick"].base,
@@ -171,6 +181,7 @@ LOW_RANK = {
         random_label_ranks=(1, 4, 128),
         prompt_lengths=(1, 2, 3, 4, 6, 8),
         spectrum_ranks=(4, 32, 128),
+        threshold_seeds=3,
     ),
 }
 
@@ -407,6 +418,12 @@ class Seq2SeqSettings:
     imdb_n_values: tuple[int, ...]  # (d) IMDb reviews' next M tokens (the whole vocabulary)
     imdb_output_lens: tuple[int, ...]
     agreement_n_values: tuple[int, ...]  # (e) M = 1, V = 2 beside notebook 02's classifier on the same data
+    # seeds 0 … m-1 (the data draw, targets and initial prompt) of panel (a), p against n; the others: seed 0
+    seeds: int = 1
+
+    def __post_init__(self):
+        if not isinstance(self.seeds, int) or isinstance(self.seeds, bool) or self.seeds < 1:
+            raise ValueError(f"seeds must be an integer >= 1, got {self.seeds!r}")
 
     def backbone_base(self, init_scale: float) -> Seq2SeqConfig:
         """`base` on notebook 02's backbone shape at `init_scale`."""
@@ -415,7 +432,8 @@ class Seq2SeqSettings:
                                    num_heads=shape.num_heads, ffn_size=shape.ffn_size, init_scale=init_scale)
 
     def panels(self, init_scale: float) -> dict[str, list[Seq2SeqConfig]]:
-        """Each panel's configs, every prompt length of the grid: 'n', 'M', 'N', 'V', 'imdb' and 'agreement'."""
+        """Each panel's configs, every prompt length of the grid: 'n' (with its seeds), 'M', 'N', 'V', 'imdb' and
+        'agreement'."""
         base = self.backbone_base(init_scale)
 
         def prompts(configs):
@@ -423,7 +441,8 @@ class Seq2SeqSettings:
 
         at_n = dataclasses.replace(base, n=self.panel_n)
         return {
-            "n": prompts(dataclasses.replace(base, n=n) for n in self.n_values),
+            "n": prompts(dataclasses.replace(base, n=n, seed=seed)
+                         for n in self.n_values for seed in range(self.seeds)),
             "M": prompts(dataclasses.replace(at_n, output_len=m) for m in self.output_lens),
             "N": prompts(dataclasses.replace(at_n, seq_len=length) for length in self.seq_lens),
             "V": prompts(dataclasses.replace(at_n, alphabet_size=v) for v in self.alphabet_sizes),
@@ -462,6 +481,7 @@ SEQ2SEQ = {
         imdb_n_values=(16,),
         imdb_output_lens=(1,),
         agreement_n_values=(32, 64),
+        seeds=3,
     ),
 }
 # Wang & Lin report no sequence-to-sequence experiment: the largest profile, medium, is the paper profile too.

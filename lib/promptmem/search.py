@@ -73,10 +73,11 @@ def next_prompt_len(found: Bracket, max_prompt_len: int, start: int = 1) -> int 
     return (found.fails + found.memorizes) // 2
 
 
-def grown_guess(threshold: int, value: int, next_value: int, max_prompt_len: int) -> int:
-    """The first guess at `next_value` of n (or N) from the smallest memorizing prompt length at `value`: grown in
-    proportion to the value (as the thresholds measured so far have grown), rounded up, capped at max_prompt_len."""
-    return min(max_prompt_len, math.ceil(threshold * next_value / value))
+def grown_guess(threshold: int, value: int, next_value: int, max_prompt_len: int, growth: float = 1.0) -> int:
+    """The first guess at `next_value` of n (or N, or a rank) from the smallest memorizing prompt length at `value`:
+    grown as (next_value / value)^growth (1: in proportion, as the thresholds along n measured so far have grown; 0:
+    the same threshold), rounded up, capped at max_prompt_len."""
+    return min(max_prompt_len, math.ceil(threshold * (next_value / value) ** growth - 1e-9))
 
 
 def check_search(base: RunConfig, max_prompt_len: int, start: int, recompute: bool) -> None:

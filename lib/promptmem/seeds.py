@@ -171,11 +171,13 @@ def seeded_threshold(base: RunConfig, results_path: str | os.PathLike, max_promp
 
 def seeded_thresholds(base: RunConfig, results_path: str | os.PathLike, field: str, values: Sequence,
                       max_prompt_len: int, seeds: int | Sequence[int], *, target: float = 1.0,
-                      seed_field: str = "seed", recompute: bool = False,
+                      seed_field: str = "seed", start_growth: float = 1.0, recompute: bool = False,
                       **sweep_options) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """`seeded_threshold` at each value of `field` (n, seq_len) in ascending order, with `seeds` seeds (one count,
-    or one per value), each search starting at the last value's p50 grown in proportion to the value. Returns
-    `thresholds_of`'s tables."""
+    """`seeded_threshold` at each value of `field` (n, seq_len, rank) in ascending order, with `seeds` seeds (one
+    count, or one per value), each search starting at the last value's p50 grown as the value's ratio to the power
+    `start_growth` (1: in proportion, 0: the last p50; `search.grown_guess`). Returns `thresholds_of`'s tables."""
+    if not isinstance(start_growth, (int, float)) or isinstance(start_growth, bool) or not 0 <= start_growth <= 1:
+        raise ValueError(f"start_growth must be a number in [0, 1], got {start_growth!r}")
     settings, counts = _settings(base, field, values, seeds, max_prompt_len)
     start = 1
     for index, (setting, count) in enumerate(zip(settings, counts)):
@@ -183,7 +185,7 @@ def seeded_thresholds(base: RunConfig, results_path: str | os.PathLike, field: s
                                  seed_field=seed_field, recompute=recompute, **sweep_options)
         if found.p50 is not None and index + 1 < len(settings):
             start = grown_guess(found.p50, getattr(setting, field), getattr(settings[index + 1], field),
-                                max_prompt_len)
+                                max_prompt_len, start_growth)
     return thresholds_of(base, results_path, field, values, max_prompt_len, seeds, target=target,
                          seed_field=seed_field)
 
@@ -205,9 +207,37 @@ def thresholds_of(base: RunConfig, results_path: str | os.PathLike, field: str, 
                    "rate": rate.value, "low": rate.interval[0], "high": rate.interval[1]} for p, rate in rates.items()]
         found.append({field: value, **dataclasses.asdict(seeded_bracket_from(rates, count))})
     rates = pd.DataFrame(rated, columns=[field, "prompt_len", "successes", "trials", "rate", "low", "high"])
+    return _bracket_table(found), rates
+
+
+def _bracket_table(found: list[dict]) -> pd.DataFrame:
     brackets = pd.DataFrame(found)
     above = brackets.above.astype("Int64")  # None where no p is sure to reach 1/2
-    return brackets.assign(above=above, exact=(above == brackets.below + 1).fillna(False).astype(bool)), rates
+    return brackets.assign(above=above, exact=(above == brackets.below + 1).fillna(False).astype(bool))
+
+
+def rates_of_runs(rows: pd.DataFrame, by: Sequence[str], column: str = "final_accuracy",
+                  target: float = 1.0) -> pd.DataFrame:
+    """The success rate (`column` >= target) over the seeds of finished rows at each (by…, prompt_len), for runs
+    that are no `RunConfig` (notebook 07's): columns by…, prompt_len, successes, trials, rate, low, high (its Wilson
+    interval), as `thresholds_of`'s rates."""
+    keys = [*by, "prompt_len"]
+    rated = rows.assign(success=rows[column] >= target - 1e-9).groupby(keys, as_index=False).agg(
+        successes=("success", "sum"), trials=("success", "size"))
+    low, high = wilson_interval(rated.successes.to_numpy(), rated.trials.to_numpy())
+    return rated.assign(rate=rated.successes / rated.trials, low=low, high=high).sort_values(keys, ignore_index=True)
+
+
+def brackets_of_rates(rates: pd.DataFrame, by: Sequence[str]) -> pd.DataFrame:
+    """One bracket per value of `by` from a rate table (`rates_of_runs`'): by…, below, p50, above, seeds (the
+    fewest seeds of its prompt lengths), exact, as `thresholds_of`'s brackets."""
+    found = []
+    for key, group in rates.groupby(list(by), sort=True):
+        seeds = int(group.trials.min())
+        bracket = seeded_bracket_from({int(p): Rate(int(k), int(m)) for p, k, m in
+                                       zip(group.prompt_len, group.successes, group.trials)}, seeds)
+        found.append({**dict(zip(by, key if isinstance(key, tuple) else (key,))), **dataclasses.asdict(bracket)})
+    return _bracket_table(found)
 
 
 def _settings(base: RunConfig, field: str, values: Sequence, seeds, max_prompt_len: int):
@@ -236,11 +266,21 @@ class ExponentEstimate:
     def admits(self, exponent: float) -> bool:
         return self.low <= exponent <= self.high
 
+    def formula(self, variable: str = "n", digits: int | None = None) -> str:
+        """'p50 ∝ n^a, 95% (low, high)', to no more decimals than the interval's width supports."""
+        value, low, high = self._shown(digits)
+        return f"p50 ∝ {variable}^{value}, 95% ({low}, {high})"
+
     def describe(self, theory_exponent: float = 0.5, variable: str = "n", digits: int | None = None) -> str:
+        value, low, high = self._shown(digits)
+        return (f"p50 ∝ {variable}^{value}, 95% interval ({low}, {high}): "
+                f"{'admits' if self.admits(theory_exponent) else 'excludes'} the theory's {theory_exponent:g}, "
+                f"{'excludes' if self.high < 1 else 'admits'} linear growth")
+
+    def _shown(self, digits: int | None) -> tuple[str, str, str]:
         digits = digits if digits is not None else significant_digits(self.high - self.low)
-        return (f"p50 ∝ {variable}^{self.value:.{digits}f}, 95% interval ({self.low:.{digits}f}, "
-                f"{self.high:.{digits}f}): {'admits' if self.admits(theory_exponent) else 'excludes'} the theory's "
-                f"{theory_exponent:g}, {'excludes' if self.high < 1 else 'admits'} linear growth")
+        texts = [f"{number:.{digits}f}" for number in (self.value, self.low, self.high)]
+        return tuple(text.lstrip("-") if float(text) == 0 else text for text in texts)  # no "-0"
 
 
 def significant_digits(width: float) -> int:
@@ -307,11 +347,12 @@ CRITERIA = (1.0, 0.999)  # 100% of the pairs; 99.9% (at n = 3600 one pair decide
 def threshold_runs(base: RunConfig, results_path: str | os.PathLike, along: tuple[str, Sequence], *,
                    seeds: int | Sequence[int], vary: dict[str, Sequence] | None = None,
                    prompt_lengths: Sequence[int] = (), search_max_prompt_len: int | None = None,
-                   criteria: Sequence[float] = CRITERIA, seed_field: str = "seed", recompute: bool = False,
-                   **sweep_options) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+                   criteria: Sequence[float] = CRITERIA, seed_field: str = "seed", start_growth: float = 1.0,
+                   recompute: bool = False, **sweep_options) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """The runs behind "p50 against `along`" (("n", values) or ("seq_len", values)) at every combination of `vary`,
     `seeds` seeds each (one count, or one per value): the grid over `prompt_lengths`, or, with
-    `search_max_prompt_len`, the seeded searches for the first criterion (the others read the same runs). Returns
+    `search_max_prompt_len`, the seeded searches for the first criterion (the others read the same runs; each
+    search's first guess grows from the last value's p50 as `seeded_thresholds`' `start_growth` says). Returns
     the rows of every run, the brackets (one per combination, value and criterion) and the rates (one per
     combination, value, criterion and prompt length)."""
     field, values = along
@@ -322,7 +363,8 @@ def threshold_runs(base: RunConfig, results_path: str | os.PathLike, along: tupl
         setting = dataclasses.replace(base, **combination)
         if search_max_prompt_len is not None:
             seeded_thresholds(setting, results_path, field, values, search_max_prompt_len, seeds,
-                              target=criteria[0], recompute=recompute, **options, **sweep_options)
+                              target=criteria[0], start_growth=start_growth, recompute=recompute, **options,
+                              **sweep_options)
         else:
             settings, counts = _settings(setting, field, values, seeds, max_prompt_len)
             run_sweep([config for value_setting, count in zip(settings, counts) for p in prompt_lengths
