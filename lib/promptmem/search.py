@@ -77,6 +77,7 @@ def grown_guess(threshold: int, value: int, next_value: int, max_prompt_len: int
     """The first guess at `next_value` of n (or N, or a rank) from the smallest memorizing prompt length at `value`:
     grown as (next_value / value)^growth (1: in proportion, as the thresholds along n measured so far have grown; 0:
     the same threshold), rounded up, capped at max_prompt_len."""
+    # 1e-9: a guess that is an integer in exact arithmetic is not rounded up past it by the power's rounding
     return min(max_prompt_len, math.ceil(threshold * (next_value / value) ** growth - 1e-9))
 
 

@@ -349,12 +349,12 @@ def threshold_runs(base: RunConfig, results_path: str | os.PathLike, along: tupl
                    prompt_lengths: Sequence[int] = (), search_max_prompt_len: int | None = None,
                    criteria: Sequence[float] = CRITERIA, seed_field: str = "seed", start_growth: float = 1.0,
                    recompute: bool = False, **sweep_options) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """The runs behind "p50 against `along`" (("n", values) or ("seq_len", values)) at every combination of `vary`,
-    `seeds` seeds each (one count, or one per value): the grid over `prompt_lengths`, or, with
+    """The runs behind "p50 against `along`" (("n", values), ("seq_len", values), ("rank", values)) at every
+    combination of `vary`, `seeds` seeds each (one count, or one per value): the grid over `prompt_lengths`, or, with
     `search_max_prompt_len`, the seeded searches for the first criterion (the others read the same runs; each
-    search's first guess grows from the last value's p50 as `seeded_thresholds`' `start_growth` says). Returns
-    the rows of every run, the brackets (one per combination, value and criterion) and the rates (one per
-    combination, value, criterion and prompt length)."""
+    search's first guess grows from the last value's p50 as `seeded_thresholds`' `start_growth` says). Returns the
+    rows of every run, the brackets (one per combination, value and criterion) and the rates (one per combination,
+    value, criterion and prompt length)."""
     field, values = along
     combinations = [dict(zip(vary, chosen)) for chosen in itertools.product(*vary.values())] if vary else [{}]
     max_prompt_len = search_max_prompt_len or max(prompt_lengths)
