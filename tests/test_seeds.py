@@ -8,9 +8,9 @@ import pandas as pd
 import pytest
 
 from promptmem import search, seeds, sweeps
-from promptmem.seeds import (ExponentEstimate, Rate, SeededBracket, brackets_of_rates, crossing, p50_exponent, rates_of_runs,
-                             seeded_bracket_from, student_t_975,
-                             seeded_threshold, seeded_thresholds, significant_digits, threshold_runs, thresholds_of, wilson_interval)
+from promptmem.seeds import (ExponentEstimate, Rate, SeededBracket, brackets_of_rates, crossing, p50_exponent,
+                             rates_of_runs, seeded_bracket_from, seeded_threshold, seeded_thresholds,
+                             significant_digits, student_t_975, threshold_runs, thresholds_of, wilson_interval)
 from tests.test_sweeps import TINY
 
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 from .backbones import ENCODER_2X512, MINILM, ROBERTA_BASE, available_checkpoint
 from .configs import RunConfig, checkpoint_base
+from .seeds import check_seeds
 from .seq2seq import Seq2SeqConfig
 from .single_layer import SingleLayerConfig
 from .store import ResultsStore
@@ -149,9 +150,7 @@ class LowRankSettings:
     threshold_seeds: int = 1
 
     def __post_init__(self):
-        if not isinstance(self.threshold_seeds, int) or isinstance(self.threshold_seeds, bool) \
-                or self.threshold_seeds < 1:
-            raise ValueError(f"threshold_seeds must be an integer >= 1, got {self.threshold_seeds!r}")
+        check_seeds(self.threshold_seeds, "threshold_seeds")
 
 
 LOW_RANK = {
@@ -422,8 +421,7 @@ class Seq2SeqSettings:
     seeds: int = 1
 
     def __post_init__(self):
-        if not isinstance(self.seeds, int) or isinstance(self.seeds, bool) or self.seeds < 1:
-            raise ValueError(f"seeds must be an integer >= 1, got {self.seeds!r}")
+        check_seeds(self.seeds)
 
     def backbone_base(self, init_scale: float) -> Seq2SeqConfig:
         """`base` on notebook 02's backbone shape at `init_scale`."""

@@ -109,9 +109,9 @@ def seeded_bracket_from(rates: dict[int, Rate], seeds: int) -> SeededBracket:
                          seeds=seeds)
 
 
-def check_seeds(seeds) -> None:
+def check_seeds(seeds, name: str = "seeds") -> None:
     if not isinstance(seeds, int) or isinstance(seeds, bool) or seeds < 1:
-        raise ValueError(f"seeds must be an integer >= 1 (seeds 0 … seeds - 1 train at each prompt length), "
+        raise ValueError(f"{name} must be an integer >= 1 (seeds 0 … {name} - 1 train at each prompt length), "
                          f"got {seeds!r}")
 
 
